@@ -1,0 +1,277 @@
+"""The ``logloom`` command (also ``logloom-cli``). Exit 0 ok, 2 usage/config error, 1 otherwise.
+
+Every failure is one line on stderr naming the thing at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+import orjson
+import redis
+
+from pipeline import dlq
+from pipeline.config import Config, load_config
+from pipeline.discovery import find_candidates, load_plugins
+from pipeline.embedded import resolve_url
+from pipeline.errors import ConfigError, LogloomError, PluginLoadError
+from pipeline.keys import DLQ_STAGES
+from pipeline.log import setup_logging
+from pipeline.producer import Producer
+from pipeline.runtimes.python import import_plugin_module, module_info
+from pipeline.status import collect, render, table
+from pipeline.streams import connect
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="config file (default: "
+        "$LOGLOOM_CONFIG or ./config/logloom.yaml, else built-in defaults)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        help="DEBUG, INFO, WARNING or ERROR (default: $LOG_LEVEL or INFO)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="logloom",
+        parents=[common],
+        description="A plugin-driven log pipeline on Redis Streams.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    original_add_parser = commands.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return original_add_parser(name, parents=[common], **kwargs)
+
+    commands.add_parser = add_parser  # type: ignore[method-assign]
+
+    up = commands.add_parser("up", help="run the whole pipeline, supervised (the main job)")
+    up.add_argument("--demo", action="store_true", help="also run a producer of demo logs")
+
+    worker = commands.add_parser("worker", help="run one stage worker; start more to scale out")
+    worker.add_argument("--stage", required=True, choices=["filter", "sink"])
+    worker.add_argument(
+        "--sink",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only these sinks (repeatable; default: every enabled sink)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve /metrics here (0: a free port, logged; -1: off)",
+    )
+
+    commands.add_parser("validate", help="check the config and load every enabled plugin")
+
+    produce = commands.add_parser(
+        "produce", help="XADD JSON lines or text lines to the ingest stream"
+    )
+    produce.add_argument("file", nargs="?", default="-", help="file to read (default: stdin)")
+    produce.add_argument(
+        "--format",
+        choices=["auto", "json", "text"],
+        default="auto",
+        help="auto: lines starting with '{' are JSON entries, others text",
+    )
+    produce.add_argument("--level", default="INFO", help="level of text lines (default INFO)")
+    produce.add_argument("--module", default="", help="module of text lines")
+
+    status = commands.add_parser("status", help="streams, groups, lag, pending and DLQ sizes")
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+    dead = commands.add_parser("dlq", help="inspect, replay and purge dead letters")
+    dead_commands = dead.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    listing = dead_commands.add_parser("list", help="DLQ sizes, or one stage's newest letters")
+    listing.add_argument("stage", nargs="?", choices=DLQ_STAGES)
+    listing.add_argument("--limit", type=int, default=20)
+    show = dead_commands.add_parser("show", help="one dead letter, whole, as JSON")
+    show.add_argument("stage", choices=DLQ_STAGES)
+    show.add_argument("id")
+    for action, text in (
+        ("replay", "put dead letters back on their stream"),
+        ("purge", "delete dead letters for good"),
+    ):
+        sub = dead_commands.add_parser(action, help=text)
+        sub.add_argument("stage", choices=DLQ_STAGES)
+        sub.add_argument("ids", nargs="*", metavar="ID")
+        sub.add_argument("--all", action="store_true", help="every letter of the stage")
+
+    plugins = commands.add_parser("plugins", help="list and validate plugins")
+    plugin_commands = plugins.add_subparsers(
+        dest="plugins_command", required=True, metavar="ACTION"
+    )
+    plugin_commands.add_parser("list", help="every plugin found, enabled or not")
+    plugin_commands.add_parser("validate", help="load every enabled plugin; exit 2 on failure")
+
+    commands.add_parser("demo", help="produce demo logs until stopped (used by `up --demo`)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", None))
+    try:
+        config = load_config(getattr(args, "config", None))
+        return _dispatch(args, config)
+    except ConfigError as exc:
+        print(f"logloom: {exc}", file=sys.stderr)
+        return 2
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        print(f"logloom: cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+    except (LogloomError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"logloom: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "up":
+        from workers.supervisor import up
+
+        return up(config, demo=args.demo)
+    if args.command == "worker":
+        from workers.stage_worker import run_worker
+
+        port = None if args.metrics_port < 0 else args.metrics_port
+        return run_worker(config, args.stage, port, args.sink)
+    if args.command == "demo":
+        from workers.demo import run_demo
+
+        return run_demo(config)
+    if (
+        args.command in ("validate", "plugins")
+        and getattr(args, "plugins_command", "validate") == "validate"
+    ):
+        return _validate(config)
+    if args.command == "plugins":
+        return _plugins_list(config)
+    client = connect(resolve_url(config))
+    if args.command == "produce":
+        return _produce(args, config, client)
+    if args.command == "status":
+        data = collect(client, config.keys)
+        print(
+            orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() if args.json else render(data)
+        )
+        return 0
+    return _dlq(args, config, client)
+
+
+def _validate(config: Config) -> int:
+    failures: list[str] = []
+    loaded = load_plugins(config, failures=failures)
+    for plugin in loaded:
+        print(
+            f"ok  {plugin.name} {plugin.info.version} ({plugin.info.type}, {plugin.runtime}) "
+            f"{plugin.origin}"
+        )
+        plugin.shutdown()
+    if failures:
+        print(
+            f"logloom: {config.source}: {len(failures)} plugin(s) failed to load", file=sys.stderr
+        )
+        return 2
+    print(f"{config.source}: valid; {len(loaded)} plugin(s) loaded")
+    return 0
+
+
+def _plugins_list(config: Config) -> int:
+    enabled = config.enabled_plugins()
+    rows = []
+    for name, candidate in sorted(find_candidates(config).items()):
+        try:
+            info = module_info(import_plugin_module(candidate.path), str(candidate.path))
+            kind, version = info.type, info.version
+        except PluginLoadError as exc:
+            kind, version = "?", f"invalid: {exc}"
+        state = f"enabled #{enabled.index(name) + 1}" if name in enabled else "-"
+        rows.append([name, kind, version, state, candidate.path])
+    print(table(["NAME", "TYPE", "VERSION", "ENABLED", "PATH"], rows))
+    return 0
+
+
+def _lines(args: argparse.Namespace) -> Iterator[bytes]:
+    handle: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    with handle:
+        for raw in handle:
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            as_json = args.format == "json" or (args.format == "auto" and line.lstrip()[:1] == b"{")
+            if as_json:
+                yield line
+            else:
+                text = line.decode(errors="replace")
+                yield orjson.dumps({"level": args.level, "module": args.module, "message": text})
+
+
+def _produce(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
+    with Producer.from_config(client, config) as producer:
+        for payload in _lines(args):
+            producer.send(payload)
+    print(f"produced {producer.sent} entries to {config.keys.ingest}", file=sys.stderr)
+    return 0
+
+
+def _dlq(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
+    keys = config.keys
+    if args.dlq_command == "list" and args.stage is None:
+        rows = [
+            [s.stage, s.key, s.size, s.newest_plugin or "-", (s.newest_error or "-")[:80]]
+            for s in dlq.summaries(client, keys)
+        ]
+        print(table(["STAGE", "STREAM", "SIZE", "NEWEST PLUGIN", "NEWEST ERROR"], rows))
+        return 0
+    if args.dlq_command == "list":
+        letters = dlq.newest(client, keys, args.stage, args.limit)
+        print(
+            table(
+                ["ID", "FAILED AT", "PLUGIN", "ATTEMPTS", "ERROR"],
+                [
+                    [
+                        one.id,
+                        one.fields.get("failed_at", ""),
+                        one.fields.get("plugin") or "-",
+                        one.fields.get("attempts", ""),
+                        one.error[:100],
+                    ]
+                    for one in letters
+                ],
+            )
+        )
+        return 0
+    if args.dlq_command == "show":
+        found = dlq.get(client, keys, args.stage, args.id)
+        if found is None:
+            print(f"logloom: no dead letter {args.id} in {keys.dlq(args.stage)}", file=sys.stderr)
+            return 1
+        print(orjson.dumps(dlq.as_dict(found), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not args.ids and not args.all:
+        print(f"logloom: dlq {args.dlq_command}: name letter IDs or pass --all", file=sys.stderr)
+        return 2
+    ids = None if args.all else args.ids
+    if args.dlq_command == "replay":
+        count = dlq.replay(client, keys, args.stage, ids)
+        print(f"replayed {count} dead letters from {keys.dlq(args.stage)}")
+    else:
+        count = dlq.purge(client, keys, args.stage, ids)
+        print(f"purged {count} dead letters from {keys.dlq(args.stage)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

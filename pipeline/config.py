@@ -1,0 +1,248 @@
+"""Configuration: validated data. Unknown keys and wrong types fail naming the file and the key.
+
+The dataclasses below are the schema; ``config/logloom.yaml`` documents every key. A config file
+may set any subset: what it leaves out keeps the default shown here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.keys import Keys
+
+DEFAULT_CONFIG_PATH = Path("config/logloom.yaml")
+
+
+@dataclass
+class RedisConfig:
+    url: str | None = None
+    prefix: str = "logloom"
+    embedded: Literal["auto", "always", "never"] = "auto"
+    data_dir: str = ".logloom"
+
+
+@dataclass
+class IngestConfig:
+    max_entry_bytes: int = 65536
+    max_len: int = 1_000_000
+    backpressure: Literal["wait", "fail"] = "wait"
+    backpressure_timeout_s: float = 30.0
+    producer_batch: int = 1000
+
+
+@dataclass
+class StagesConfig:
+    batch_size: int = 500
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    claim_interval_s: float = 5.0
+    max_deliveries: int = 5
+    trim_interval_s: float = 5.0
+
+
+@dataclass
+class WorkersConfig:
+    workers: int = 1
+
+
+@dataclass
+class RetryConfig:
+    max_attempts: int = 5
+    backoff_initial_ms: int = 200
+    backoff_max_ms: int = 10_000
+
+
+@dataclass
+class SinkConfig:
+    workers: int = 1
+    batch_size: int = 500
+    flush_interval_ms: int = 1000
+    retry: RetryConfig = field(default_factory=RetryConfig)
+
+
+@dataclass
+class MetricsConfig:
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
+@dataclass
+class PythonPluginsConfig:
+    enabled: bool = True
+    mode: Literal["embedded", "subprocess"] = "embedded"
+    path: str | None = None
+    enabled_plugins: list[str] = field(default_factory=list)
+    timeout: int = 500
+    max_memory: int = 100
+    sandbox: bool = False
+
+
+@dataclass
+class PluginsConfig:
+    enabled: list[str] = field(default_factory=lambda: ["log_filter_severity", "sink_jsonl"])
+    paths: list[str] = field(default_factory=list)
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    python: PythonPluginsConfig = field(default_factory=PythonPluginsConfig)
+
+
+@dataclass
+class DemoConfig:
+    rate: int = 50
+
+
+@dataclass
+class Config:
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
+    filter: WorkersConfig = field(default_factory=WorkersConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    source: str = "<defaults>"
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.redis.prefix)
+
+    def enabled_plugins(self) -> list[str]:
+        """Every enabled plugin name once, in chain order: ``plugins.enabled`` first."""
+        names = list(self.plugins.enabled)
+        if self.plugins.python.enabled:
+            names += self.plugins.python.enabled_plugins
+        return list(dict.fromkeys(names))
+
+
+def _describe(kind: Any) -> str:
+    if typing.get_origin(kind) is Literal:
+        return " | ".join(repr(choice) for choice in typing.get_args(kind))
+    return getattr(kind, "__name__", str(kind)).replace("NoneType", "null")
+
+
+def _check(kind: Any, value: Any, where: str) -> Any:
+    """``value`` if it is of ``kind``, else a ConfigError naming ``where``."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(kind):
+            try:
+                return _check(option, value, where)
+            except ConfigError:
+                continue
+        wanted = " or ".join(_describe(option) for option in typing.get_args(kind))
+        raise ConfigError(f"{where}: expected {wanted}, got {value!r}")
+    if origin is Literal:
+        if value not in typing.get_args(kind):
+            raise ConfigError(f"{where}: expected one of {_describe(kind)}, got {value!r}")
+        return value
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check(item, one, f"{where}[{index}]") for index, one in enumerate(value)]
+    if origin is dict:
+        key_kind, value_kind = typing.get_args(kind)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {
+            _check(key_kind, key, where): _check(value_kind, one, f"{where}.{key}")
+            for key, one in value.items()
+        }
+    if kind is Any:
+        return value
+    if dataclasses.is_dataclass(kind):
+        return _build(kind, value, where)  # type: ignore[arg-type]
+    if kind is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {_describe(kind)}, got {value!r}")
+    if kind in (int, float) and value < 0:
+        raise ConfigError(f"{where}: must not be negative, got {value!r}")
+    return value
+
+
+def _build(cls: type[Any], data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'top level'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in data:
+        if key not in known:
+            place = f"{where}.{key}" if where else str(key)
+            raise ConfigError(f"{place}: unknown key (known: {', '.join(sorted(known))})")
+    values = {}
+    for key, value in data.items():
+        values[key] = _check(hints[key], value, f"{where}.{key}" if where else key)
+    return cls(**values)
+
+
+def parse_config(data: Any, source: str = "<defaults>") -> Config:
+    """A Config from already-parsed YAML; ConfigError messages start with ``source``."""
+    try:
+        config: Config = _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    config.source = source
+    _check_values(config)
+    return config
+
+
+def _check_values(config: Config) -> None:
+    positive = {
+        "ingest.max_entry_bytes": config.ingest.max_entry_bytes,
+        "ingest.producer_batch": config.ingest.producer_batch,
+        "stages.batch_size": config.stages.batch_size,
+        "sink.batch_size": config.sink.batch_size,
+        "sink.retry.max_attempts": config.sink.retry.max_attempts,
+        "stages.max_deliveries": config.stages.max_deliveries,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{config.source}: {key}: must be at least 1, got {value}")
+    if not config.redis.prefix or ":" in config.redis.prefix:
+        raise ConfigError(f"{config.source}: redis.prefix: must be non-empty without ':'")
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read: ``--config``, else LOGLOOM_CONFIG, else ./config/logloom.yaml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("LOGLOOM_CONFIG"):
+        return Path(os.environ["LOGLOOM_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config, then apply LOGLOOM_REDIS_URL (or REDIS_URL)."""
+    chosen = config_path(path)
+    if chosen is None:
+        config = parse_config({})
+    else:
+        try:
+            text = chosen.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{chosen}: not valid YAML: {exc}") from None
+        config = parse_config(data, str(chosen))
+    env_url = os.environ.get("LOGLOOM_REDIS_URL") or os.environ.get("REDIS_URL")
+    if env_url:
+        config.redis.url = env_url
+    return config

@@ -1,0 +1,163 @@
+"""The log entry (CONTRACT §1) and the codec between Redis stream fields and entries.
+
+A stream entry arrives in one of two encodings: one field ``entry`` holding a JSON object, or flat
+fields, each a top-level attribute. Both become the same normalised entry; whatever cannot
+becomes a :class:`~pipeline.errors.MalformedEntry` whose message names what is wrong, so the
+stage can dead-letter it. This module is on the hot path: one ``orjson`` call each way, at most.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import orjson
+
+from pipeline.errors import MalformedEntry
+
+LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+LEVEL_RANK = {level: rank for rank, level in enumerate(LEVELS)}
+
+# Spellings other systems use (syslog, Python logging, log4j), lower-cased, to our five levels.
+LEVEL_ALIASES = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "info": "INFO",
+    "informational": "INFO",
+    "notice": "INFO",
+    "warn": "WARN",
+    "warning": "WARN",
+    "error": "ERROR",
+    "err": "ERROR",
+    "fatal": "FATAL",
+    "critical": "FATAL",
+    "crit": "FATAL",
+    "alert": "FATAL",
+    "emerg": "FATAL",
+    "emergency": "FATAL",
+    "panic": "FATAL",
+}
+
+ENTRY_FIELD = b"entry"
+
+
+def _read_only(*_args: object, **_kwargs: object) -> NoReturn:
+    raise TypeError("log entries are read-only (design §3.4): copy one with dict(entry)")
+
+
+class Entry(dict[str, Any]):
+    """A log entry as plugins see it: a dict that refuses changes.
+
+    It is still a ``dict``, so ``entry.get``, ``json.dumps`` and ``orjson.dumps`` work. The stage
+    forwards the bytes it encoded before any plugin ran, so even a change to a nested value
+    never reaches the next stage.
+    """
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
+    __ior__ = _read_only  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[type[Entry], tuple[dict[str, Any]]]:
+        return Entry, (dict(self),)
+
+
+def normalise_level(level: object) -> str:
+    """The canonical level for ``level``; raises MalformedEntry for one we do not know."""
+    if level in LEVEL_RANK:
+        return level  # type: ignore[return-value]
+    if isinstance(level, str):
+        canonical = LEVEL_ALIASES.get(level.strip().lower())
+        if canonical is not None:
+            return canonical
+    raise MalformedEntry(f"unknown level {level!r} (expected one of {', '.join(LEVELS)})")
+
+
+def timestamp_from_id(stream_id: bytes | str) -> str:
+    """RFC 3339 UTC time of a stream ID's millisecond part, e.g. ``2025-04-30T12:00:00.123Z``."""
+    if isinstance(stream_id, str):
+        stream_id = stream_id.encode()
+    ms = int(stream_id.split(b"-", 1)[0])
+    seconds, millis = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def normalise(obj: dict[str, Any], stream_id: bytes | str) -> bool:
+    """Bring ``obj`` to the CONTRACT §1 shape in place; return whether anything changed."""
+    changed = False
+    level = obj.get("level")
+    if level is None:
+        obj["level"] = "INFO"
+        changed = True
+    elif level not in LEVEL_RANK:
+        obj["level"] = normalise_level(level)
+        changed = True
+    message = obj.get("message")
+    lang_key = obj.get("lang_key")
+    if message is None and lang_key is None:
+        raise MalformedEntry("neither message nor lang_key")
+    if message is not None and not isinstance(message, str):
+        raise MalformedEntry(f"message is a {type(message).__name__}, not a string")
+    if lang_key is not None and not isinstance(lang_key, str):
+        raise MalformedEntry(f"lang_key is a {type(lang_key).__name__}, not a string")
+    if "module" not in obj:
+        obj["module"] = ""
+        changed = True
+    timestamp = obj.get("timestamp")
+    if timestamp is None:
+        obj["timestamp"] = timestamp_from_id(stream_id)
+        changed = True
+    elif not isinstance(timestamp, str):
+        raise MalformedEntry(f"timestamp is a {type(timestamp).__name__}, not an RFC 3339 string")
+    return changed
+
+
+def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> tuple[Entry, bytes]:
+    """Decode one stream entry into ``(entry, json)``; ``json`` is what the next stage receives.
+
+    Raises MalformedEntry naming what is wrong: bad JSON, not an object, unknown level, neither
+    message nor lang_key, over ``max_bytes``, not UTF-8.
+    """
+    raw = fields.get(ENTRY_FIELD)
+    if raw is not None:
+        if len(fields) != 1:
+            raise MalformedEntry("has both an 'entry' field and flat fields; use one encoding")
+        if len(raw) > max_bytes:
+            raise MalformedEntry(f"entry is {len(raw)} bytes, over the {max_bytes}-byte limit")
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedEntry(f"bad JSON in 'entry': {exc}") from None
+        if type(obj) is not dict:
+            raise MalformedEntry(f"'entry' holds a JSON {type(obj).__name__}, not an object")
+        if normalise(obj, stream_id):
+            raw = orjson.dumps(obj)
+        return Entry(obj), raw
+    size = sum(len(key) + len(value) for key, value in fields.items())
+    if size > max_bytes:
+        raise MalformedEntry(f"entry is {size} bytes, over the {max_bytes}-byte limit")
+    try:
+        obj = {key.decode(): value.decode() for key, value in fields.items()}
+    except UnicodeDecodeError as exc:
+        raise MalformedEntry(f"flat fields are not UTF-8: {exc}") from None
+    normalise(obj, stream_id)
+    return Entry(obj), orjson.dumps(obj)
+
+
+def original_json(fields: Mapping[bytes, bytes]) -> bytes:
+    """The entry as its producer sent it, as JSON if it can be, for a dead letter."""
+    raw = fields.get(ENTRY_FIELD)
+    if raw is not None and len(fields) == 1:
+        return raw
+    return orjson.dumps(
+        {
+            key.decode(errors="replace"): value.decode(errors="replace")
+            for key, value in fields.items()
+        }
+    )
+
+
+def encode(entry: Mapping[str, Any]) -> dict[bytes, bytes]:
+    """Stream fields for one entry, in the ``entry`` JSON encoding."""
+    return {ENTRY_FIELD: orjson.dumps(dict(entry))}

@@ -1,0 +1,57 @@
+"""Every Redis key and consumer-group name Logloom uses, in one place.
+
+The layout (CONTRACT §2), for the default prefix ``logloom``:
+
+=============================  ======  ==================================================
+key                            kind    what
+=============================  ======  ==================================================
+logloom:ingest                 stream  producers XADD here (``entry`` JSON or flat fields)
+logloom:filtered               stream  entries that passed every filter, ``entry`` JSON
+logloom:dlq:<stage>            stream  dead letters of a stage (ingest, filter, sink, ai)
+logloom:sink:<name>:replay     stream  dead letters of one sink replayed to that sink only
+logloom:ai:results             stream  results of ai plugins
+=============================  ======  ==================================================
+
+Consumer groups: ``filter`` on the ingest stream; ``sink:<name>`` on the filtered stream and on
+that sink's replay stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "logloom"
+DLQ_STAGES = ("ingest", "filter", "sink", "ai")
+FILTER_GROUP = "filter"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix; build one from the config and pass it around."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def ingest(self) -> str:
+        return f"{self.prefix}:ingest"
+
+    @property
+    def filtered(self) -> str:
+        return f"{self.prefix}:filtered"
+
+    @property
+    def ai_results(self) -> str:
+        return f"{self.prefix}:ai:results"
+
+    def dlq(self, stage: str) -> str:
+        return f"{self.prefix}:dlq:{stage}"
+
+    def sink_replay(self, sink: str) -> str:
+        return f"{self.prefix}:sink:{sink}:replay"
+
+    @staticmethod
+    def sink_group(sink: str) -> str:
+        return f"sink:{sink}"
+
+    def all_dlqs(self) -> list[str]:
+        return [self.dlq(stage) for stage in DLQ_STAGES]

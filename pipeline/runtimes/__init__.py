@@ -1,0 +1,1 @@
+"""One module per plugin runtime; each adapts its plugins onto :class:`pipeline.plugin.Plugin`."""

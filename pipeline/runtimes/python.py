@@ -1,0 +1,164 @@
+"""In-process Python plugins: a plain module with ``PLUGIN_INFO`` and functions (CONTRACT §3).
+
+The fastest runtime (a call costs ~0.1 µs), for trusted code. This adapter is the one place that
+catches around a Python plugin's code: whatever it raises or returns becomes a per-entry result
+or :class:`~pipeline.plugin.Failure`, never an exception in the stage.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pipeline.entry import Entry
+from pipeline.errors import PluginLoadError
+from pipeline.plugin import PROCESS_HOOKS, Failure, PluginInfo, describe_exception, validate_info
+
+
+def import_plugin_module(path: Path) -> ModuleType:
+    """Import a plugin file (``x.py``) or package (``x/__init__.py``) under a private name."""
+    init = path / "__init__.py" if path.is_dir() else path
+    module_name = f"logloom_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(
+        module_name,
+        init,
+        submodule_search_locations=[str(path)] if path.is_dir() else None,
+    )
+    if spec is None or spec.loader is None:
+        raise PluginLoadError("not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise PluginLoadError(f"import failed: {describe_exception(exc)}") from exc
+    return module
+
+
+def module_info(module: ModuleType, origin: str) -> PluginInfo:
+    if callable(getattr(module, "plugin_info", None)):
+        try:
+            raw = module.plugin_info()
+        except Exception as exc:
+            raise PluginLoadError(f"plugin_info() raised {describe_exception(exc)}") from exc
+    elif hasattr(module, "PLUGIN_INFO"):
+        raw = module.PLUGIN_INFO
+    else:
+        raise PluginLoadError("no PLUGIN_INFO dict and no plugin_info()")
+    return validate_info(raw, origin)
+
+
+def _takes_argument(function: Callable[..., Any]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
+    )
+
+
+def _initialise(module: ModuleType, config: Mapping[str, Any]) -> None:
+    """Hand the plugin its config and call ``plugin_init``; it must answer 0.
+
+    ``plugin_init(config)`` receives the config. A ``plugin_init()`` without parameters gets
+    it through a module-level ``config`` dict, updated first, so the design's own example
+    plugins (design §5.5.9) take their YAML unchanged.
+    """
+    init = module.plugin_init
+    takes_config = _takes_argument(init)
+    if not takes_config and isinstance(getattr(module, "config", None), dict):
+        module.config.update(config)
+    try:
+        status = init(dict(config)) if takes_config else init()
+    except Exception as exc:
+        raise PluginLoadError(f"plugin_init() raised {describe_exception(exc)}") from exc
+    if status != 0 or isinstance(status, bool):
+        raise PluginLoadError(f"plugin_init() returned {status!r}, expected 0")
+
+
+class PythonPlugin:
+    """A plugin module adapted onto the Plugin protocol."""
+
+    runtime = "python"
+
+    def __init__(self, module: ModuleType, info: PluginInfo, origin: str) -> None:
+        self.module = module
+        self.info = info
+        self.origin = origin
+        flush = getattr(module, "flush", None)
+        self._batch_hook = flush if info.type == "sink" and callable(flush) else None
+        entry_hooks = [
+            getattr(module, hook)
+            for hook in PROCESS_HOOKS[info.type]
+            if hook != "flush" and callable(getattr(module, hook, None))
+        ]
+        self._entry_hook: Callable[[Entry], Any] | None = entry_hooks[0] if entry_hooks else None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
+        if self._batch_hook is not None:
+            return self._flush(entries)
+        hook = self._entry_hook
+        assert hook is not None, "validated at load: a plugin without flush() has a per-entry hook"
+        results: list[Any] = []
+        append = results.append
+        for entry in entries:
+            try:
+                append(hook(entry))
+            except Exception as exc:
+                append(Failure(describe_exception(exc)))
+        return results
+
+    def _flush(self, entries: Sequence[Entry]) -> list[Any]:
+        """A sink's ``flush(entries)``: one int for the batch, or one int per entry."""
+        assert self._batch_hook is not None
+        try:
+            answer = self._batch_hook(list(entries))
+        except Exception as exc:
+            return [Failure(describe_exception(exc))] * len(entries)
+        if isinstance(answer, int) and not isinstance(answer, bool):
+            return [answer] * len(entries)
+        if isinstance(answer, (list, tuple)) and len(answer) == len(entries):
+            return list(answer)
+        failure = Failure(f"flush() returned {answer!r}, expected an int or one int per entry")
+        return [failure] * len(entries)
+
+    def shutdown(self) -> None:
+        shutdown = getattr(self.module, "plugin_shutdown", None)
+        if callable(shutdown):
+            shutdown()
+
+
+def load_python_plugin(
+    path: Path, config: Mapping[str, Any], types: Collection[str] | None = None
+) -> PythonPlugin | None:
+    """Import, validate and initialise one Python plugin; PluginLoadError says why not.
+
+    A valid plugin whose type is not in ``types`` is not initialised: None.
+    """
+    module = import_plugin_module(path)
+    origin = str(path)
+    info = module_info(module, origin)
+    hooks = PROCESS_HOOKS[info.type]
+    if not any(callable(getattr(module, hook, None)) for hook in hooks):
+        raise PluginLoadError(
+            f"missing {hooks[-1]}() (a {info.type} plugin needs one of "
+            f"{', '.join(h + '()' for h in hooks)})"
+        )
+    for required in ("plugin_init", "plugin_shutdown"):
+        if not callable(getattr(module, required, None)):
+            raise PluginLoadError(f"missing {required}()")
+    if types is not None and info.type not in types:
+        return None
+    _initialise(module, config)
+    return PythonPlugin(module, info, origin)

@@ -1,0 +1,1 @@
+"""The stages: ``filter`` (ingest → filtered), and one ``sink`` stage per sink plugin."""

@@ -1,0 +1,190 @@
+"""The filter stage: ingest stream → codec → ordered filter chain → filtered stream.
+
+Per batch, one transaction carries the survivors' XADDs, the dead letters and the XACK of the
+whole batch, so a worker killed at any point leaves each entry either fully handled or still
+pending (to be reclaimed): nothing lost, nothing half-done.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import redis
+
+from pipeline import dlq
+from pipeline.config import Config
+from pipeline.entry import Entry, decode, original_json
+from pipeline.errors import MalformedEntry
+from pipeline.keys import FILTER_GROUP
+from pipeline.metrics import (
+    BATCH_SIZE,
+    DEAD_LETTERS,
+    ENTRIES_DROPPED,
+    ENTRIES_IN,
+    ENTRIES_OUT,
+    PLUGIN_ERRORS,
+)
+from pipeline.plugin import Failure, Plugin
+from pipeline.stages.runner import call_plugin
+from pipeline.streams import Message
+
+log = logging.getLogger("logloom.filter")
+MALFORMED_LOG_INTERVAL_S = 10.0
+
+
+class FilterStage:
+    name = "filter"
+    group = FILTER_GROUP
+
+    def __init__(self, client: redis.Redis, config: Config, filters: Sequence[Plugin]) -> None:
+        self.client = client
+        self.keys = config.keys
+        self.streams = (self.keys.ingest,)
+        self.filters = list(filters)
+        self.max_entry_bytes = config.ingest.max_entry_bytes
+        self._warned: set[tuple[str, str]] = set()
+        self._last_malformed_log = -MALFORMED_LOG_INTERVAL_S
+
+    def handle(self, stream: str, messages: list[Message]) -> None:
+        transaction = self.client.pipeline(transaction=True)
+        ids: list[bytes] = []
+        entries: list[Entry] = []
+        payloads: list[bytes] = []
+        rejected: list[str] = []
+        for message_id, fields in messages:
+            try:
+                entry, payload = decode(message_id, fields, self.max_entry_bytes)
+            except MalformedEntry as exc:
+                transaction.xadd(
+                    self.keys.dlq("ingest"),
+                    self._letter(original_json(fields), str(exc), "", "ingest", stream, message_id),
+                )
+                rejected.append(str(exc))
+                continue
+            ids.append(message_id)
+            entries.append(entry)
+            payloads.append(payload)
+        keep = self._run_chain(stream, ids, entries, payloads, transaction)
+        for index, kept in enumerate(keep):
+            if kept:
+                transaction.xadd(self.keys.filtered, {b"entry": payloads[index]})
+        transaction.xack(stream, self.group, *(message_id for message_id, _ in messages))
+        transaction.execute()
+        ENTRIES_IN.labels(self.name).inc(len(messages))
+        ENTRIES_OUT.labels(self.name).inc(sum(keep))
+        BATCH_SIZE.labels(self.name).observe(len(messages))
+        if rejected:
+            self._report_malformed(rejected)
+
+    def _report_malformed(self, reasons: list[str]) -> None:
+        DEAD_LETTERS.labels("ingest", "").inc(len(reasons))
+        now = time.monotonic()
+        if now - self._last_malformed_log >= MALFORMED_LOG_INTERVAL_S:
+            self._last_malformed_log = now
+            log.warning(
+                "Stage filter: %d malformed entries sent to %s (first: %s)",
+                len(reasons),
+                self.keys.dlq("ingest"),
+                reasons[0],
+            )
+
+    def _run_chain(
+        self,
+        stream: str,
+        ids: list[bytes],
+        entries: list[Entry],
+        payloads: list[bytes],
+        transaction: redis.client.Pipeline,
+    ) -> list[bool]:
+        """Which entries every filter keeps; a failed call dead-letters that entry alone."""
+        keep = [True] * len(entries)
+        alive = list(range(len(entries)))
+        for plugin in self.filters:
+            if not alive:
+                break
+            results = call_plugin(plugin, [entries[i] for i in alive])
+            survivors = []
+            dropped = 0
+            failures: Counter[str] = Counter()
+            for index, result in zip(alive, results, strict=True):
+                if result is True:
+                    survivors.append(index)
+                    continue
+                keep[index] = False
+                if result is False:
+                    dropped += 1
+                    continue
+                error = (
+                    result.error
+                    if isinstance(result, Failure)
+                    else f"returned {result!r}, expected True or False"
+                )
+                failures[error] += 1
+                transaction.xadd(
+                    self.keys.dlq("filter"),
+                    self._letter(payloads[index], error, plugin.name, "filter", stream, ids[index]),
+                )
+            if dropped:
+                ENTRIES_DROPPED.labels(self.name, plugin.name).inc(dropped)
+            if failures:
+                self._report(plugin, failures)
+            alive = survivors
+        return keep
+
+    def _report(self, plugin: Plugin, failures: Counter[str]) -> None:
+        total = sum(failures.values())
+        PLUGIN_ERRORS.labels(plugin.name, plugin.info.type).inc(total)
+        DEAD_LETTERS.labels("filter", plugin.name).inc(total)
+        for error, count in failures.items():
+            # One line per distinct cause, not per entry: a broken plugin must not flood the log.
+            if (plugin.name, error) not in self._warned and len(self._warned) < 1000:
+                self._warned.add((plugin.name, error))
+                log.error(
+                    "Plugin '%s' failed on %d entries: %s (sent to %s)",
+                    plugin.name,
+                    count,
+                    error,
+                    self.keys.dlq("filter"),
+                )
+
+    def _letter(
+        self, payload: bytes, error: str, plugin: str, stage: str, stream: str, message_id: bytes
+    ) -> dict[str | bytes, bytes | str | int]:
+        return dlq.letter(
+            payload,
+            error=error,
+            plugin=plugin,
+            stage=stage,
+            attempts=1,
+            source_stream=stream,
+            source_id=message_id,
+        )
+
+    def reject(self, stream: str, messages: list[Message], error: str) -> None:
+        transaction = self.client.pipeline(transaction=True)
+        for message_id, fields in messages:
+            transaction.xadd(
+                self.keys.dlq(self.name),
+                self._letter(original_json(fields), error, "", self.name, stream, message_id),
+            )
+        transaction.xack(stream, self.group, *(message_id for message_id, _ in messages))
+        transaction.execute()
+        DEAD_LETTERS.labels(self.name, "").inc(len(messages))
+        log.error(
+            "Stage filter: %d entries sent to %s: %s",
+            len(messages),
+            self.keys.dlq(self.name),
+            error,
+        )
+
+    def wait_ms(self, block_ms: int) -> int:
+        return block_ms
+
+    def tick(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

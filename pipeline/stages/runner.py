@@ -1,0 +1,188 @@
+"""The loop every stage runs: read a batch from its consumer group, hand it over, repeat.
+
+Around that loop: entries a dead worker left pending are reclaimed (XAUTOCLAIM) after
+``stages.claim_idle_ms``, and one that has killed ``stages.max_deliveries`` workers goes to the
+DLQ instead of killing more; acknowledged entries are trimmed; a lost Redis connection is waited
+out with backoff and one log line, and lost groups (a Redis restart without persistence) are
+created again. Nothing is acknowledged here: stages acknowledge what the next stage has.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import redis
+
+from pipeline import streams
+from pipeline.config import StagesConfig
+from pipeline.entry import Entry
+from pipeline.metrics import PLUGIN_CALL_SECONDS, RECLAIMED
+from pipeline.plugin import Failure, Plugin
+from pipeline.streams import Message
+
+log = logging.getLogger("logloom.stage")
+
+REDIS_DOWN_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class Stage(Protocol):
+    """What the loop needs of a stage (filter, one sink, ...)."""
+
+    name: str
+    group: str
+    streams: Sequence[str]
+
+    def handle(self, stream: str, messages: list[Message]) -> None:
+        """Process one batch read from ``stream``; acknowledge what is passed on."""
+
+    def reject(self, stream: str, messages: list[Message], error: str) -> None:
+        """Dead-letter and acknowledge ``messages`` without processing them."""
+
+    def wait_ms(self, block_ms: int) -> int:
+        """How long the next read may block (a sink shortens it to meet its flush deadline)."""
+
+    def tick(self) -> None:
+        """Called after every read, batch or not: time-based work such as interval flushes."""
+
+    def close(self) -> None:
+        """Finish: flush and acknowledge what is buffered. Called once, on the way out."""
+
+
+def consumer_name() -> str:
+    """Unique per process and machine, so a restarted worker never inherits a dead one's name."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class StageLoop:
+    def __init__(
+        self,
+        client: redis.Redis,
+        stage: Stage,
+        settings: StagesConfig,
+        batch_size: int,
+        consumer: str | None = None,
+    ) -> None:
+        self.client = client
+        self.stage = stage
+        self.settings = settings
+        self.batch_size = batch_size
+        self.consumer = consumer or consumer_name()
+        self._next_claim = 0.0
+        self._next_trim = time.monotonic() + settings.trim_interval_s
+
+    def ensure_groups(self) -> None:
+        for stream in self.stage.streams:
+            streams.ensure_group(self.client, stream, self.stage.group)
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set; then close the stage (flush, acknowledge) and return."""
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    self.step()
+                    backoff = 0.5
+                except REDIS_DOWN_ERRORS as exc:
+                    log.error(
+                        "Stage %s: Redis unreachable (%s); retrying in %.1fs",
+                        self.stage.name,
+                        exc,
+                        backoff,
+                    )
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning(
+                        "Stage %s: consumer group gone (%s); creating it again",
+                        self.stage.name,
+                        exc,
+                    )
+                    self.ensure_groups()
+        finally:
+            try:
+                self.stage.close()
+            except REDIS_DOWN_ERRORS as exc:
+                log.error(
+                    "Stage %s: could not finish on the way out, Redis unreachable (%s); "
+                    "unacknowledged entries will be delivered again",
+                    self.stage.name,
+                    exc,
+                )
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self.ensure_groups()
+            self.reclaim()
+            self._next_claim = now + self.settings.claim_interval_s
+        if now >= self._next_trim:
+            for stream in self.stage.streams:
+                streams.trim_acknowledged(self.client, stream)
+            self._next_trim = now + self.settings.trim_interval_s
+        batches = streams.read_group(
+            self.client,
+            self.stage.group,
+            self.consumer,
+            dict.fromkeys(self.stage.streams, ">"),
+            self.batch_size,
+            self.stage.wait_ms(self.settings.block_ms),
+        )
+        for stream, messages in batches:
+            if messages:
+                self.stage.handle(stream, messages)
+        self.stage.tick()
+
+    def reclaim(self) -> None:
+        """Take over what dead workers left; dead-letter entries that keep killing workers."""
+        for stream in self.stage.streams:
+            while True:
+                messages, deliveries = streams.reclaim(
+                    self.client,
+                    stream,
+                    self.stage.group,
+                    self.consumer,
+                    self.settings.claim_idle_ms,
+                    self.batch_size,
+                )
+                if not messages:
+                    break
+                RECLAIMED.labels(self.stage.name).inc(len(messages))
+                limit = self.settings.max_deliveries
+                poison = [m for m in messages if deliveries.get(m[0], 0) > limit]
+                if poison:
+                    self.stage.reject(
+                        stream,
+                        poison,
+                        f"delivered more than {limit} times and never acknowledged "
+                        "(did it crash the workers that read it?)",
+                    )
+                rest = [m for m in messages if deliveries.get(m[0], 0) <= limit]
+                if rest:
+                    log.info(
+                        "Stage %s: reclaimed %d entries from %s left by a stopped worker",
+                        self.stage.name,
+                        len(rest),
+                        stream,
+                    )
+                    self.stage.handle(stream, rest)
+                if len(messages) < self.batch_size:
+                    break
+
+
+def call_plugin(plugin: Plugin, entries: Sequence[Entry]) -> list[Any]:
+    """``plugin.call_batch`` timed into the latency histogram."""
+    started = time.perf_counter()
+    results = plugin.call_batch(entries)
+    PLUGIN_CALL_SECONDS.labels(plugin.name, plugin.info.type).observe(time.perf_counter() - started)
+    if len(results) != len(entries):
+        failure = Failure(f"answered {len(results)} results for {len(entries)} entries")
+        return [failure] * len(entries)
+    return results

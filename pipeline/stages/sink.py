@@ -1,0 +1,214 @@
+"""One sink's stage: its own consumer group on the filtered stream, a buffer, batched flushes.
+
+Every sink reads through its own group (``sink:<name>``) in its own thread, so a slow or failing
+sink never holds back another. Entries are flushed when ``sink.batch_size`` are buffered or the
+oldest has waited ``sink.flush_interval_ms``. The stage, not the plugin, owns retries: a failed
+flush is retried with exponential backoff for the entries that failed, and after
+``sink.retry.max_attempts`` they go to the sink DLQ. An entry is acknowledged only once the sink
+has it or the DLQ does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+
+from pipeline import dlq
+from pipeline.config import Config
+from pipeline.entry import Entry, decode, original_json
+from pipeline.errors import MalformedEntry
+from pipeline.metrics import (
+    BATCH_SIZE,
+    DEAD_LETTERS,
+    ENTRIES_IN,
+    ENTRIES_OUT,
+    PLUGIN_ERRORS,
+    SINK_RETRIES,
+)
+from pipeline.plugin import Failure, Plugin
+from pipeline.stages.runner import call_plugin
+from pipeline.streams import Message
+
+log = logging.getLogger("logloom.sink")
+
+
+@dataclass(slots=True)
+class Buffered:
+    stream: str
+    id: bytes
+    entry: Entry
+    payload: bytes
+
+
+def delivery_error(result: object) -> str | None:
+    """None if a sink's answer means delivered (0), else the reason it was not."""
+    if type(result) is int and result == 0:
+        return None
+    if isinstance(result, Failure):
+        return result.error
+    return f"returned {result!r}, expected 0"
+
+
+class SinkStage:
+    def __init__(
+        self, client: redis.Redis, config: Config, plugin: Plugin, stop: threading.Event
+    ) -> None:
+        keys = config.keys
+        self.client = client
+        self.plugin = plugin
+        self.stop = stop
+        self.keys = keys
+        self.name = f"sink:{plugin.name}"
+        self.group = keys.sink_group(plugin.name)
+        self.streams = (keys.filtered, keys.sink_replay(plugin.name))
+        self.max_entry_bytes = config.ingest.max_entry_bytes
+        self.batch_size = config.sink.batch_size
+        self.interval_s = config.sink.flush_interval_ms / 1000
+        self.retry = config.sink.retry
+        self.buffer: list[Buffered] = []
+        self.deadline: float | None = None
+
+    def handle(self, stream: str, messages: list[Message]) -> None:
+        bad: list[tuple[Message, str]] = []
+        for message_id, fields in messages:
+            try:
+                entry, payload = decode(message_id, fields, self.max_entry_bytes)
+            except MalformedEntry as exc:
+                bad.append(((message_id, fields), f"undecodable entry on {stream}: {exc}"))
+                continue
+            self.buffer.append(Buffered(stream, message_id, entry, payload))
+        ENTRIES_IN.labels(self.name).inc(len(messages))
+        for message, error in bad:
+            self.reject(stream, [message], error)
+        if self.buffer and self.deadline is None:
+            self.deadline = time.monotonic() + self.interval_s
+        while len(self.buffer) >= self.batch_size:
+            self.flush()
+
+    def wait_ms(self, block_ms: int) -> int:
+        if self.deadline is None:
+            return block_ms
+        remaining = int((self.deadline - time.monotonic()) * 1000)
+        return max(1, min(block_ms, remaining))
+
+    def tick(self) -> None:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.flush()
+
+    def close(self) -> None:
+        while self.buffer:
+            self.flush()
+
+    def flush(self) -> None:
+        """Deliver up to one batch from the buffer, retrying what fails; see the module doc."""
+        batch, self.buffer = self.buffer[: self.batch_size], self.buffer[self.batch_size :]
+        self.deadline = time.monotonic() + self.interval_s if self.buffer else None
+        BATCH_SIZE.labels(self.name).observe(len(batch))
+        delay_s = self.retry.backoff_initial_ms / 1000
+        for attempt in range(1, self.retry.max_attempts + 1):
+            results = call_plugin(self.plugin, [one.entry for one in batch])
+            failed = []
+            delivered = []
+            for one, result in zip(batch, results, strict=True):
+                error = delivery_error(result)
+                if error is None:
+                    delivered.append(one)
+                else:
+                    failed.append((one, error))
+            self._acknowledge(delivered)
+            if not failed:
+                return
+            PLUGIN_ERRORS.labels(self.plugin.name, self.plugin.info.type).inc(len(failed))
+            cause = failed[0][1]
+            if attempt == self.retry.max_attempts:
+                self._dead_letter(failed, attempt)
+                return
+            if attempt == 1:
+                log.warning(
+                    "Sink '%s': flush of %d entries failed: %s; retrying up to %d times",
+                    self.plugin.name,
+                    len(failed),
+                    cause,
+                    self.retry.max_attempts - 1,
+                )
+            if self.stop.wait(delay_s):
+                log.warning(
+                    "Sink '%s': stopping with %d entries undelivered; they stay pending "
+                    "for the next worker",
+                    self.plugin.name,
+                    len(failed),
+                )
+                return
+            SINK_RETRIES.labels(self.plugin.name).inc()
+            delay_s = min(delay_s * 2, self.retry.backoff_max_ms / 1000)
+            batch = [one for one, _ in failed]
+
+    def _acknowledge(self, delivered: list[Buffered]) -> None:
+        if not delivered:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream in self.streams:
+            ids = [one.id for one in delivered if one.stream == stream]
+            if ids:
+                pipe.xack(stream, self.group, *ids)
+        pipe.execute()
+        ENTRIES_OUT.labels(self.name).inc(len(delivered))
+
+    def _dead_letter(self, failed: list[tuple[Buffered, str]], attempts: int) -> None:
+        transaction = self.client.pipeline(transaction=True)
+        for one, error in failed:
+            transaction.xadd(
+                self.keys.dlq("sink"),
+                dlq.letter(
+                    one.payload,
+                    error=error,
+                    plugin=self.plugin.name,
+                    stage="sink",
+                    attempts=attempts,
+                    source_stream=one.stream,
+                    source_id=one.id,
+                    replay_to=self.keys.sink_replay(self.plugin.name),
+                ),
+            )
+            transaction.xack(one.stream, self.group, one.id)
+        transaction.execute()
+        DEAD_LETTERS.labels("sink", self.plugin.name).inc(len(failed))
+        log.error(
+            "Sink '%s': %d entries sent to %s after %d attempts: %s",
+            self.plugin.name,
+            len(failed),
+            self.keys.dlq("sink"),
+            attempts,
+            failed[0][1],
+        )
+
+    def reject(self, stream: str, messages: list[Message], error: str) -> None:
+        transaction = self.client.pipeline(transaction=True)
+        for message_id, fields in messages:
+            transaction.xadd(
+                self.keys.dlq("sink"),
+                dlq.letter(
+                    original_json(fields),
+                    error=error,
+                    plugin=self.plugin.name,
+                    stage="sink",
+                    attempts=0,
+                    source_stream=stream,
+                    source_id=message_id,
+                    replay_to=self.keys.sink_replay(self.plugin.name),
+                ),
+            )
+        transaction.xack(stream, self.group, *(message_id for message_id, _ in messages))
+        transaction.execute()
+        DEAD_LETTERS.labels("sink", self.plugin.name).inc(len(messages))
+        log.error(
+            "Sink '%s': %d entries sent to %s: %s",
+            self.plugin.name,
+            len(messages),
+            self.keys.dlq("sink"),
+            error,
+        )

@@ -1,0 +1,92 @@
+"""``logloom status``: streams, groups, lag, pending, consumers and DLQ sizes at a glance."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from pipeline import dlq, streams
+from pipeline.keys import Keys
+
+
+def collect(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """Everything the status table shows, as plain data (also printed by ``status --json``)."""
+    stream_names = [keys.ingest, keys.filtered]
+    stream_names += sorted(
+        key.decode() for key in client.scan_iter(match=f"{keys.prefix}:sink:*:replay", count=500)
+    )
+    rows = []
+    for stream in stream_names:
+        groups = streams.group_stats(client, stream)
+        rows.append(
+            {
+                "stream": stream,
+                "length": streams.stream_length(client, stream),
+                "groups": [
+                    {
+                        "group": g.group,
+                        "consumers": g.consumers,
+                        "pending": g.pending,
+                        "lag": g.lag,
+                        "lag_capped": g.lag_capped,
+                        "oldest_pending_s": round(g.oldest_pending_s, 1),
+                    }
+                    for g in groups
+                ],
+            }
+        )
+    dead = [
+        {
+            "stage": s.stage,
+            "stream": s.key,
+            "size": s.size,
+            "newest_error": s.newest_error,
+            "plugin": s.newest_plugin,
+        }
+        for s in dlq.summaries(client, keys)
+    ]
+    return {"streams": rows, "dlq": dead}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain left-aligned text table."""
+    cells = [[str(h) for h in headers]] + [[str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def render(data: dict[str, Any]) -> str:
+    stream_rows: list[list[object]] = []
+    for stream in data["streams"]:
+        if not stream["groups"]:
+            stream_rows.append([stream["stream"], stream["length"], "-", "-", "-", "-", "-"])
+        for g in stream["groups"]:
+            lag = "?" if g["lag"] is None else f"{g['lag']}{'+' if g['lag_capped'] else ''}"
+            stream_rows.append(
+                [
+                    stream["stream"],
+                    stream["length"],
+                    g["group"],
+                    g["consumers"],
+                    g["pending"],
+                    lag,
+                    f"{g['oldest_pending_s']}s",
+                ]
+            )
+    dlq_rows = [
+        [d["stream"], d["size"], d["plugin"] or "-", (d["newest_error"] or "-")[:80]]
+        for d in data["dlq"]
+    ]
+    return (
+        table(
+            ["STREAM", "LENGTH", "GROUP", "CONSUMERS", "PENDING", "LAG", "OLDEST PENDING"],
+            stream_rows,
+        )
+        + "\n\n"
+        + table(["DLQ", "SIZE", "NEWEST PLUGIN", "NEWEST ERROR"], dlq_rows)
+    )

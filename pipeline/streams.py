@@ -1,0 +1,151 @@
+"""Redis Streams plumbing shared by every stage: groups, batched reads, reclaim, safe trimming.
+
+Works on Redis 6.2 and newer: where ``XINFO GROUPS`` has no ``lag`` (before 7.0), lag is counted
+with a bounded ``XRANGE`` instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+Message = tuple[bytes, dict[bytes, bytes]]
+LAG_COUNT_LIMIT = 10_000
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that returns bytes (the codec decodes once) and retries a dropped connection."""
+    return redis.Redis.from_url(
+        url, decode_responses=False, health_check_interval=30, socket_keepalive=True
+    )
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
+    """Create ``group`` on ``stream`` reading from its start (entries already there included)."""
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def read_group(
+    client: redis.Redis,
+    group: str,
+    consumer: str,
+    streams: Mapping[str, str],
+    count: int,
+    block_ms: int,
+) -> list[tuple[str, list[Message]]]:
+    """New entries for ``consumer``: ``[(stream, [(id, fields), ...]), ...]``; [] on timeout."""
+    reply = client.xreadgroup(
+        group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms or None
+    )
+    if not reply:
+        return []
+    if isinstance(reply, dict):  # RESP3
+        return [(_text(stream), list(messages[0])) for stream, messages in reply.items()]
+    return [(_text(stream), messages) for stream, messages in reply]
+
+
+def reclaim(
+    client: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
+) -> tuple[list[Message], dict[bytes, int]]:
+    """Take over entries idle longer than ``min_idle_ms`` (their worker died) with XAUTOCLAIM.
+
+    Returns the claimed entries and how often each has been delivered, so a caller can
+    dead-letter one that keeps killing its workers instead of passing it on forever.
+    """
+    reply = client.xautoclaim(stream, group, consumer, min_idle_ms, start_id="0-0", count=count)
+    messages = [m for m in reply[1] if m[0] is not None and m[1] is not None]
+    if not messages:
+        return [], {}
+    pending = client.xpending_range(
+        stream, group, min=messages[0][0], max=messages[-1][0], count=len(messages) * 2
+    )
+    deliveries = {row["message_id"]: int(row["times_delivered"]) for row in pending}
+    return messages, deliveries
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _id_tuple(stream_id: bytes | str) -> tuple[int, int]:
+    ms, _, seq = _text(stream_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
+def trim_acknowledged(client: redis.Redis, stream: str) -> int:
+    """Delete entries every group has read and acknowledged; never one a group still needs.
+
+    A stream without groups is left alone: nobody has read it yet. Returns entries deleted.
+    """
+    groups = client.xinfo_groups(stream)
+    if not groups:
+        return 0
+    floor: tuple[int, int] | None = None
+    for group in groups:
+        if int(group["pending"]) > 0:
+            oldest = client.xpending(stream, group["name"])["min"]
+            keep_from = _id_tuple(oldest)
+        else:
+            ms, seq = _id_tuple(group["last-delivered-id"])
+            keep_from = (ms, seq + 1)
+        floor = keep_from if floor is None else min(floor, keep_from)
+    assert floor is not None
+    if floor <= (0, 1):
+        return 0
+    return int(client.xtrim(stream, minid=f"{floor[0]}-{floor[1]}", approximate=True))
+
+
+@dataclass(frozen=True)
+class GroupStats:
+    stream: str
+    group: str
+    consumers: int
+    pending: int
+    lag: int | None  # None: the stream was trimmed past the group (lag unknown)
+    lag_capped: bool
+    oldest_pending_s: float
+    last_delivered_id: str
+
+
+def stream_length(client: redis.Redis, stream: str) -> int:
+    return int(client.xlen(stream))
+
+
+def group_stats(client: redis.Redis, stream: str) -> list[GroupStats]:
+    """Lag, pending and consumers of each group on ``stream``; [] if the stream does not exist."""
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError:
+        return []
+    now_ms = time.time() * 1000
+    stats = []
+    for group in groups:
+        name = _text(group["name"])
+        pending = int(group["pending"])
+        oldest_s = 0.0
+        if pending:
+            oldest = client.xpending(stream, name)["min"]
+            oldest_s = max(0.0, (now_ms - _id_tuple(oldest)[0]) / 1000)
+        last = _text(group["last-delivered-id"])
+        lag, capped = _lag(client, stream, group, last)
+        stats.append(
+            GroupStats(stream, name, int(group["consumers"]), pending, lag, capped, oldest_s, last)
+        )
+    return stats
+
+
+def _lag(
+    client: redis.Redis, stream: str, group: Mapping[str, Any], last: str
+) -> tuple[int | None, bool]:
+    if "lag" in group:  # Redis 7.0+
+        return (None if group["lag"] is None else int(group["lag"])), False
+    entries = client.xrange(stream, min=f"({last}", max="+", count=LAG_COUNT_LIMIT)
+    return len(entries), len(entries) >= LAG_COUNT_LIMIT

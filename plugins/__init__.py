@@ -1,0 +1,1 @@
+"""Bundled plugins, written exactly as users write theirs; see ``python/``."""

@@ -1,0 +1,132 @@
+"""``logloom worker --stage filter|sink``: one stage worker process. Run more to scale out.
+
+SIGTERM or SIGINT: the current batch is finished, sinks flush, everything delivered is
+acknowledged, plugins are shut down, exit 0. Whatever a killed worker leaves pending is taken
+over by its peers after ``stages.claim_idle_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Sequence
+
+import redis
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.discovery import load_plugins
+from pipeline.embedded import resolve_url
+from pipeline.plugin import Plugin
+from pipeline.stages.filter import FilterStage
+from pipeline.stages.runner import StageLoop
+from pipeline.stages.sink import SinkStage
+from pipeline.streams import connect
+
+log = logging.getLogger("logloom.worker")
+
+STAGES = ("filter", "sink")
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info(
+            "Worker %d: %s received; finishing the current batch",
+            os.getpid(),
+            signal.Signals(signum).name,
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _serve_metrics(config: Config, port: int | None) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return  # under `logloom up`, which serves the sum of all its workers
+    if port is None:
+        return
+    try:
+        bound = metrics.serve(port, config.metrics.host)
+    except OSError as exc:
+        log.warning("Worker %d: metrics not served: port %d: %s", os.getpid(), port, exc.strerror)
+        return
+    log.info("Worker %d: metrics on http://%s:%d/metrics", os.getpid(), config.metrics.host, bound)
+
+
+def run_worker(
+    config: Config, stage: str, metrics_port: int | None = 0, only: Sequence[str] = ()
+) -> int:
+    """Run one stage until signalled; the exit code. ``only`` limits a sink worker to some sinks."""
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    client = connect(resolve_url(config))
+    plugins = load_plugins(config, types=[stage])
+    if only:
+        plugins = [plugin for plugin in plugins if plugin.name in only]
+    _serve_metrics(config, metrics_port)
+    try:
+        if stage == "filter":
+            if not plugins:
+                log.warning("Filter worker: no filter plugin loaded; every entry passes")
+            loop = StageLoop(
+                client,
+                FilterStage(client, config, plugins),
+                config.stages,
+                config.stages.batch_size,
+            )
+            loop.ensure_groups()
+            log.info(
+                "Filter worker %d: chain %s, reading %s",
+                os.getpid(),
+                " → ".join(p.name for p in plugins) or "(empty)",
+                config.keys.ingest,
+            )
+            loop.run(stop)
+            return 0
+        return _run_sinks(config, client, plugins, stop)
+    finally:
+        for plugin in plugins:
+            try:
+                plugin.shutdown()
+            except Exception as exc:
+                log.warning("Plugin '%s': plugin_shutdown() raised %s", plugin.name, exc)
+
+
+def _run_sinks(
+    config: Config, client: redis.Redis, sinks: list[Plugin], stop: threading.Event
+) -> int:
+    """One thread per sink, each with its own group and buffer; exit 1 if one of them crashed."""
+    if not sinks:
+        log.error("Sink worker: no sink plugin loaded; nothing to do (see plugins.enabled)")
+        return 1
+    crashed: list[str] = []
+
+    def run_one(loop: StageLoop) -> None:
+        try:
+            loop.run(stop)
+        except Exception:
+            log.exception("Stage %s crashed; stopping the worker", loop.stage.name)
+            crashed.append(loop.stage.name)
+            stop.set()
+
+    threads = []
+    for sink in sinks:
+        stage = SinkStage(client, config, sink, stop)
+        loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
+        loop.ensure_groups()
+        threads.append(threading.Thread(target=run_one, args=(loop,), name=stage.name))
+    log.info(
+        "Sink worker %d: %s, reading %s",
+        os.getpid(),
+        ", ".join(s.name for s in sinks),
+        config.keys.filtered,
+    )
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(timeout=0.5)
+    return 1 if crashed else 0

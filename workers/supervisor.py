@@ -1,0 +1,204 @@
+"""``logloom up``: the whole pipeline in one supervised run.
+
+Starts (or finds) Redis, then every stage worker as a child process, restarting any that dies
+with exponential backoff, and serves one ``/metrics`` for all of them. With no Redis configured,
+or the configured one unreachable and ``redis.embedded: auto``, it starts an embedded
+``redis-server`` (:mod:`pipeline.embedded`) and stops it on the way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.embedded import EmbeddedRedis, die_with_parent, reachable
+from pipeline.errors import LogloomError
+from pipeline.streams import connect
+
+log = logging.getLogger("logloom.up")
+
+RESTART_BACKOFF_MAX_S = 30.0
+HEALTHY_AFTER_S = 30.0
+STOP_GRACE_S = 15.0
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    backoff_s: float = 1.0
+    restart_at: float | None = field(default=0.0)
+
+
+def choose_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
+    """The Redis URL to run on, and the embedded server if one had to be started."""
+    wanted = config.redis.embedded
+    url = config.redis.url
+    if url and wanted != "always":
+        if reachable(url):
+            return url, None
+        if wanted == "never":
+            raise LogloomError(f"Redis at {url} is unreachable (redis.embedded is 'never')")
+        log.warning("Redis at %s is unreachable; starting an embedded one instead", url)
+    elif wanted == "never":
+        raise LogloomError("no redis.url configured and redis.embedded is 'never'")
+    server = EmbeddedRedis(config.redis.data_dir)
+    return server.start(), server
+
+
+def _children(config: Config, demo: bool) -> list[Child]:
+    base = [sys.executable, "-m", "pipeline.cli"]
+    config_args = ["--config", config.source] if Path(config.source).is_file() else []
+    children = [
+        Child(f"filter-{n + 1}", [*base, "worker", "--stage", "filter", *config_args])
+        for n in range(config.filter.workers)
+    ]
+    children += [
+        Child(f"sink-{n + 1}", [*base, "worker", "--stage", "sink", *config_args])
+        for n in range(config.sink.workers)
+    ]
+    if demo:
+        children.append(Child("demo", [*base, "demo", *config_args]))
+    return children
+
+
+class Supervisor:
+    def __init__(self, config: Config, url: str, demo: bool) -> None:
+        self.config = config
+        self.url = url
+        self.children = _children(config, demo)
+        self.stop = threading.Event()
+        self.metrics_dir = Path(config.redis.data_dir).resolve() / "metrics"
+        self.env = dict(
+            os.environ, LOGLOOM_REDIS_URL=url, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir)
+        )
+
+    def serve_metrics(self) -> int:
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
+        registry = metrics.supervisor_registry(
+            connect(self.url), self.config.keys, str(self.metrics_dir)
+        )
+        try:
+            return metrics.serve(self.config.metrics.port, self.config.metrics.host, registry)
+        except OSError as exc:
+            log.warning(
+                "Metrics port %d: %s; serving on a free port instead",
+                self.config.metrics.port,
+                exc.strerror,
+            )
+            return metrics.serve(0, self.config.metrics.host, registry)
+
+    def start(self, child: Child) -> None:
+        child.process = subprocess.Popen(
+            child.command, env=self.env, preexec_fn=die_with_parent, start_new_session=True
+        )
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def watch(self) -> None:
+        """Restart children that die, with backoff, until ``stop`` is set."""
+        while not self.stop.is_set():
+            now = time.monotonic()
+            for child in self.children:
+                if child.process is not None and child.process.poll() is not None:
+                    code = child.process.returncode
+                    mark_process_dead(child.process.pid, str(self.metrics_dir))
+                    if now - child.started_at >= HEALTHY_AFTER_S:
+                        child.backoff_s = 1.0
+                    log.warning(
+                        "Worker %s exited with code %s; restarting in %.0fs",
+                        child.name,
+                        code,
+                        child.backoff_s,
+                    )
+                    child.process = None
+                    child.restart_at = now + child.backoff_s
+                    child.backoff_s = min(child.backoff_s * 2, RESTART_BACKOFF_MAX_S)
+                if (
+                    child.process is None
+                    and child.restart_at is not None
+                    and now >= child.restart_at
+                ):
+                    self.start(child)
+            self.stop.wait(0.2)
+
+    def shutdown(self) -> None:
+        """SIGTERM every child (they finish their batch and flush), SIGKILL what lingers."""
+        running = [c.process for c in self.children if c.process and c.process.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "Worker %d did not stop in %.0fs; killing it", process.pid, STOP_GRACE_S
+                )
+                process.kill()
+                process.wait()
+
+
+def up(config: Config, demo: bool = False) -> int:
+    url, embedded = choose_redis(config)
+    supervisor = Supervisor(config, url, demo)
+
+    def handler(signum: int, _frame: object) -> None:
+        supervisor.stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        port = supervisor.serve_metrics()
+        for child in supervisor.children:
+            supervisor.start(child)
+        _banner(config, url, embedded, port, supervisor)
+        supervisor.watch()
+        log.info("Stopping: waiting for workers to finish their batches")
+        supervisor.shutdown()
+    finally:
+        if embedded is not None:
+            embedded.stop()
+            print(f"Embedded Redis stopped (its data stays in {embedded.data_dir}).", flush=True)
+    return 0
+
+
+def _banner(
+    config: Config, url: str, embedded: EmbeddedRedis | None, port: int, supervisor: Supervisor
+) -> None:
+    where = (
+        f"embedded redis-server, data in {embedded.data_dir}; stops with `up`"
+        if embedded
+        else "configured"
+    )
+    host_port = url.split("//", 1)[1].split("/", 1)[0]
+    host, _, redis_port = host_port.rpartition(":")
+    names = ", ".join(child.name for child in supervisor.children)
+    print(
+        "Logloom is up.\n"
+        f"  Redis    {url} ({where})\n"
+        f"  Workers  {names}\n"
+        f"  Plugins  {', '.join(config.enabled_plugins())}\n"
+        f"  Metrics  http://{config.metrics.host}:{port}/metrics\n"
+        f"  Send     redis-cli -h {host.split('@')[-1] or '127.0.0.1'} -p {redis_port or 6379} "
+        f"XADD {config.keys.ingest} '*' level ERROR module AUTH message \"bad password\"\n"
+        f"           or: logloom produce FILE\n"
+        f"  Watch    logloom status · logloom dlq list\n"
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )
