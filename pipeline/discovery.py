@@ -20,7 +20,6 @@ from typing import Any
 
 import yaml
 
-import plugins as bundled_plugins
 from pipeline.config import Config
 from pipeline.errors import PluginLoadError
 from pipeline.plugin import Plugin
@@ -29,7 +28,9 @@ from pipeline.runtimes.python import load_python_plugin
 log = logging.getLogger("logloom.plugins")
 
 SYSTEM_PLUGIN_DIR = Path("/usr/lib/logloom/plugins")
-BUNDLED_PLUGIN_DIR = Path(bundled_plugins.__file__).parent / "python"
+# Installed beside this package (site-packages/plugins/python, or the checkout's plugins/python).
+# Found by path, not by importing ``plugins``, which a user's own directory of that name shadows.
+BUNDLED_PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins" / "python"
 ENTRY_POINT_GROUP = "logloom.plugins"
 
 

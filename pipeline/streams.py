@@ -52,23 +52,28 @@ def read_group(
     return [(_text(stream), messages) for stream, messages in reply]
 
 
-def reclaim(
-    client: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, count: int
-) -> tuple[list[Message], dict[bytes, int]]:
-    """Take over entries idle longer than ``min_idle_ms`` (their worker died) with XAUTOCLAIM.
+def idle_pending(
+    client: redis.Redis, stream: str, group: str, min_idle_ms: int, count: int, exclude: str
+) -> list[tuple[bytes, int]]:
+    """``(id, times delivered)`` of entries pending longer than ``min_idle_ms``, oldest first.
 
-    Returns the claimed entries and how often each has been delivered, so a caller can
-    dead-letter one that keeps killing its workers instead of passing it on forever.
+    Entries of consumer ``exclude`` (the caller itself: a sink's buffered entries) are left out.
     """
-    reply = client.xautoclaim(stream, group, consumer, min_idle_ms, start_id="0-0", count=count)
-    messages = [m for m in reply[1] if m[0] is not None and m[1] is not None]
-    if not messages:
-        return [], {}
-    pending = client.xpending_range(
-        stream, group, min=messages[0][0], max=messages[-1][0], count=len(messages) * 2
-    )
-    deliveries = {row["message_id"]: int(row["times_delivered"]) for row in pending}
-    return messages, deliveries
+    rows = client.xpending_range(stream, group, min="-", max="+", count=count, idle=min_idle_ms)
+    mine = exclude.encode()
+    return [
+        (row["message_id"], int(row["times_delivered"]))
+        for row in rows
+        if row["consumer"] not in (mine, exclude)
+    ]
+
+
+def claim(
+    client: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, ids: list[bytes]
+) -> list[Message]:
+    """XCLAIM ``ids`` if still idle (another worker may have been quicker); deleted ones skipped."""
+    reply = client.xclaim(stream, group, consumer, min_idle_ms, ids)
+    return [m for m in reply if m and m[0] is not None and m[1] is not None]
 
 
 def _text(value: bytes | str) -> str:

@@ -151,10 +151,7 @@ def load_python_plugin(
     info = module_info(module, origin)
     hooks = PROCESS_HOOKS[info.type]
     if not any(callable(getattr(module, hook, None)) for hook in hooks):
-        raise PluginLoadError(
-            f"missing {hooks[-1]}() (a {info.type} plugin needs one of "
-            f"{', '.join(h + '()' for h in hooks)})"
-        )
+        raise PluginLoadError("missing plugin_process()")
     for required in ("plugin_init", "plugin_shutdown"):
         if not callable(getattr(module, required, None)):
             raise PluginLoadError(f"missing {required}()")

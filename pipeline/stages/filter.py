@@ -186,5 +186,8 @@ class FilterStage:
     def tick(self) -> None:
         pass
 
+    def drain(self) -> None:
+        pass
+
     def close(self) -> None:
         pass

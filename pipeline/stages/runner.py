@@ -50,8 +50,11 @@ class Stage(Protocol):
     def tick(self) -> None:
         """Called after every read, batch or not: time-based work such as interval flushes."""
 
+    def drain(self) -> None:
+        """Pass on everything buffered now (a sink flushes); acknowledge what is passed on."""
+
     def close(self) -> None:
-        """Finish: flush and acknowledge what is buffered. Called once, on the way out."""
+        """Finish: drain, on the way out. Called once."""
 
 
 def consumer_name() -> str:
@@ -141,40 +144,60 @@ class StageLoop:
         self.stage.tick()
 
     def reclaim(self) -> None:
-        """Take over what dead workers left; dead-letter entries that keep killing workers."""
+        """Take over what dead workers left, without letting one bad entry take others down.
+
+        XPENDING finds entries idle past ``stages.claim_idle_ms`` held by other consumers (our
+        own may just be buffered in a sink) and XCLAIM takes them. Entries delivered once go
+        back through the stage as a batch. One delivered more often may be what killed its
+        workers: it is handled alone, so only its own delivery count grows, and past
+        ``stages.max_deliveries`` it goes to the DLQ.
+        """
+        limit = self.settings.max_deliveries
         for stream in self.stage.streams:
             while True:
-                messages, deliveries = streams.reclaim(
+                idle = streams.idle_pending(
                     self.client,
                     stream,
                     self.stage.group,
-                    self.consumer,
                     self.settings.claim_idle_ms,
                     self.batch_size,
+                    exclude=self.consumer,
                 )
-                if not messages:
+                if not idle:
                     break
-                RECLAIMED.labels(self.stage.name).inc(len(messages))
-                limit = self.settings.max_deliveries
-                poison = [m for m in messages if deliveries.get(m[0], 0) > limit]
-                if poison:
+                poison = [entry_id for entry_id, count in idle if count > limit]
+                if poison and (claimed := self._claim(stream, poison)):
                     self.stage.reject(
                         stream,
-                        poison,
+                        claimed,
                         f"delivered more than {limit} times and never acknowledged "
-                        "(did it crash the workers that read it?)",
+                        "(it crashed or hung every worker that read it)",
                     )
-                rest = [m for m in messages if deliveries.get(m[0], 0) <= limit]
-                if rest:
-                    log.info(
-                        "Stage %s: reclaimed %d entries from %s left by a stopped worker",
-                        self.stage.name,
-                        len(rest),
-                        stream,
-                    )
-                    self.stage.handle(stream, rest)
-                if len(messages) < self.batch_size:
+                for entry_id in (entry_id for entry_id, count in idle if 1 < count <= limit):
+                    self._handle_reclaimed(stream, self._claim(stream, [entry_id]))
+                fresh = [entry_id for entry_id, count in idle if count == 1]
+                if fresh:
+                    self._handle_reclaimed(stream, self._claim(stream, fresh))
+                if len(idle) < self.batch_size:
                     break
+
+    def _claim(self, stream: str, ids: list[bytes]) -> list[Message]:
+        return streams.claim(
+            self.client, stream, self.stage.group, self.consumer, self.settings.claim_idle_ms, ids
+        )
+
+    def _handle_reclaimed(self, stream: str, messages: list[Message]) -> None:
+        if not messages:
+            return
+        RECLAIMED.labels(self.stage.name).inc(len(messages))
+        log.info(
+            "Stage %s: took over %d entries on %s left by a stopped worker",
+            self.stage.name,
+            len(messages),
+            stream,
+        )
+        self.stage.handle(stream, messages)
+        self.stage.drain()
 
 
 def call_plugin(plugin: Plugin, entries: Sequence[Entry]) -> list[Any]:

@@ -99,9 +99,12 @@ class SinkStage:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.flush()
 
-    def close(self) -> None:
+    def drain(self) -> None:
         while self.buffer:
             self.flush()
+
+    def close(self) -> None:
+        self.drain()
 
     def flush(self) -> None:
         """Deliver up to one batch from the buffer, retrying what fails; see the module doc."""

@@ -1,0 +1,178 @@
+"""``python -m benchmarks``: filter and sink throughput of Logloom against hand-written loops.
+
+Starts a private redis-server, generates the entries once, runs every figure ``--repeat`` times
+(interleaved, each on a freshly loaded stream), prints machine facts and a table of median
+entries/s with ratios, and optionally writes the results as JSON. Exits 1 if any figure's
+output is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+
+from benchmarks.figures import (
+    Bench,
+    BenchmarkError,
+    Workload,
+    filter_worker,
+    hiredis_filter_loop,
+    raw_filter_loop,
+    raw_sink_loop,
+    redis_server,
+    sink_stage,
+)
+from workers.demo import realistic_entries
+
+SEED = 7
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    run: Callable[[Bench, Workload], float]
+    baseline: str  # the key of the raw redis-py loop of the same kind
+
+
+FIGURES = [
+    Figure("raw_filter", "raw redis-py loop", raw_filter_loop, "raw_filter"),
+    Figure("filter_worker", "logloom filter worker", filter_worker, "raw_filter"),
+    Figure("hiredis_filter", "bare hiredis loop", hiredis_filter_loop, "raw_filter"),
+    Figure("raw_sink", "raw redis-py sink loop", raw_sink_loop, "raw_sink"),
+    Figure("sink_stage", "logloom sink stage (sink_jsonl)", sink_stage, "raw_sink"),
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--entries", type=int, default=200_000, help="entries per figure")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median kept)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    args = parser.parse_args(argv)
+    if args.entries < 1 or args.repeat < 1:
+        parser.error("--entries and --repeat must be at least 1")
+    return args
+
+
+def make_workload(count: int) -> Workload:
+    payloads = []
+    kept = 0
+    for entry in realistic_entries(count, SEED):
+        payloads.append(orjson.dumps(entry))
+        kept += entry["level"] != "DEBUG"
+    return Workload(payloads, kept)
+
+
+def machine_facts(client: redis.Redis) -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "redis": client.info("server")["redis_version"],
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "redis-py": metadata.version("redis"),
+        "redis-py parser": "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python",
+        "hiredis": metadata.version("hiredis"),
+        "orjson": metadata.version("orjson"),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    workload = make_workload(args.entries)
+    sizes = [len(payload) for payload in workload.payloads]
+    with tempfile.TemporaryDirectory(prefix="logloom-bench-") as tmp:
+        workdir = Path(tmp)
+        with redis_server(workdir) as (host, port):
+            client = redis.Redis(host=host, port=port)
+            facts = machine_facts(client)
+            for name, value in facts.items():
+                print(f"{name + ':':17} {value}")
+            print(
+                f"{'workload:':17} {workload.count} entries, {workload.kept} not DEBUG "
+                f"({workload.kept / workload.count:.0%} kept), "
+                f"{min(sizes)}–{max(sizes)} bytes (mean {statistics.fmean(sizes):.0f}), "
+                f"{args.repeat} repeat(s)"
+            )
+            print()
+            bench = Bench(client, f"redis://{host}:{port}/0", host, port, workdir)
+            rates: dict[str, list[float]] = {figure.key: [] for figure in FIGURES}
+            for round_ in range(1, args.repeat + 1):
+                for figure in FIGURES:
+                    client.flushall()
+                    seconds = figure.run(bench, workload)
+                    rates[figure.key].append(workload.count / seconds)
+                    print(
+                        f"  run {round_}/{args.repeat}  {figure.label:34} "
+                        f"{seconds:7.3f} s  {workload.count / seconds:>10,.0f} entries/s",
+                        flush=True,
+                    )
+            client.close()
+    medians = {key: statistics.median(values) for key, values in rates.items()}
+    return {
+        "machine": facts,
+        "entries": workload.count,
+        "kept": workload.kept,
+        "repeat": args.repeat,
+        "figures": [
+            {
+                "key": figure.key,
+                "figure": figure.label,
+                "entries_per_s": rates[figure.key],
+                "median_entries_per_s": medians[figure.key],
+                "baseline": figure.baseline,
+                "ratio_vs_baseline": medians[figure.key] / medians[figure.baseline],
+            }
+            for figure in FIGURES
+        ],
+        "filter_worker_vs_bare_hiredis": medians["filter_worker"] / medians["hiredis_filter"],
+    }
+
+
+def print_table(results: dict[str, Any]) -> None:
+    labels = {figure.key: figure.label for figure in FIGURES}
+    print()
+    header = f"{'figure':34} {'median entries/s':>17}  {'ratio':>6}  vs"
+    print(header)
+    print("-" * len(header))
+    for row in results["figures"]:
+        print(
+            f"{row['figure']:34} {row['median_entries_per_s']:>17,.0f}  "
+            f"{row['ratio_vs_baseline']:>6.2f}  {labels[row['baseline']]}"
+        )
+    print()
+    print(
+        f"logloom filter worker / bare hiredis loop: {results['filter_worker_vs_bare_hiredis']:.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    except BenchmarkError as exc:
+        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
