@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from pipeline.entry import ENTRY_FIELD, timestamp_from_id
 from pipeline.keys import Keys
+from pipeline.streams import Message
 
 REPLAY_CHUNK = 500
 
@@ -31,7 +33,7 @@ def letter(
     source_stream: str,
     source_id: bytes | str,
     replay_to: str | None = None,
-) -> dict[str | bytes, bytes | str | int]:
+) -> dict[FieldT, EncodableT]:
     """The fields of one dead letter, ready for XADD."""
     return {
         ENTRY_FIELD: entry_json,
@@ -102,17 +104,19 @@ def summaries(client: redis.Redis, keys: Keys) -> list[DlqSummary]:
 
 def newest(client: redis.Redis, keys: Keys, stage: str, count: int = 20) -> list[DeadLetter]:
     """The newest ``count`` dead letters of ``stage``, newest first."""
-    return [_decode(*message) for message in client.xrevrange(keys.dlq(stage), count=count)]
+    return [
+        _decode(*m) for m in cast(list[Message], client.xrevrange(keys.dlq(stage), count=count))
+    ]
 
 
 def get(client: redis.Redis, keys: Keys, stage: str, letter_id: str) -> DeadLetter | None:
-    found = client.xrange(keys.dlq(stage), min=letter_id, max=letter_id)
+    found = cast(list[Message], client.xrange(keys.dlq(stage), min=letter_id, max=letter_id))
     return _decode(*found[0]) if found else None
 
 
 def _select(client: redis.Redis, keys: Keys, stage: str, ids: list[str] | None) -> list[DeadLetter]:
     if ids is None:
-        return [_decode(*message) for message in client.xrange(keys.dlq(stage))]
+        return [_decode(*m) for m in cast(list[Message], client.xrange(keys.dlq(stage)))]
     letters = [get(client, keys, stage, one) for one in ids]
     missing = [one for one, found in zip(ids, letters, strict=True) if found is None]
     if missing:

@@ -56,8 +56,8 @@ class Entry(dict[str, Any]):
 
     __slots__ = ()
     __setitem__ = __delitem__ = _read_only
-    clear = pop = popitem = setdefault = update = _read_only  # type: ignore[assignment]
-    __ior__ = _read_only  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
 
     def __reduce__(self) -> tuple[type[Entry], tuple[dict[str, Any]]]:
         return Entry, (dict(self),)
@@ -66,7 +66,7 @@ class Entry(dict[str, Any]):
 def normalise_level(level: object) -> str:
     """The canonical level for ``level``; raises MalformedEntry for one we do not know."""
     if level in LEVEL_RANK:
-        return level  # type: ignore[return-value]
+        return level
     if isinstance(level, str):
         canonical = LEVEL_ALIASES.get(level.strip().lower())
         if canonical is not None:

@@ -113,9 +113,10 @@ class QueueCollector(Collector):
 
 def serve(port: int, host: str, registry: CollectorRegistry | None = None) -> int:
     """Serve /metrics on ``host:port`` (0 picks a free port); returns the port actually bound."""
-    server, _thread = start_http_server(
-        port, addr=host, **({"registry": registry} if registry else {})
-    )
+    if registry is None:
+        server, _thread = start_http_server(port, addr=host)
+    else:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
     return int(server.server_address[1])
 
 
@@ -125,6 +126,6 @@ def supervisor_registry(
     """What ``logloom up`` serves: the sum over all its workers, plus the queue figures."""
     registry = CollectorRegistry()
     if multiprocess_dir:
-        MultiProcessCollector(registry, path=multiprocess_dir)
+        MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
     registry.register(QueueCollector(client, keys))
     return registry

@@ -7,9 +7,9 @@ with a bounded ``XRANGE`` instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -48,8 +48,10 @@ def read_group(
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3
-        return [(_text(stream), list(messages[0])) for stream, messages in reply.items()]
-    return [(_text(stream), messages) for stream, messages in reply]
+        return [
+            (_text(stream), cast(list[Message], messages[0])) for stream, messages in reply.items()
+        ]
+    return [(_text(stream), cast(list[Message], messages)) for stream, messages in reply]
 
 
 def idle_pending(
@@ -62,17 +64,22 @@ def idle_pending(
     rows = client.xpending_range(stream, group, min="-", max="+", count=count, idle=min_idle_ms)
     mine = exclude.encode()
     return [
-        (row["message_id"], int(row["times_delivered"]))
+        (cast(bytes, row["message_id"]), int(row["times_delivered"]))
         for row in rows
         if row["consumer"] not in (mine, exclude)
     ]
 
 
 def claim(
-    client: redis.Redis, stream: str, group: str, consumer: str, min_idle_ms: int, ids: list[bytes]
+    client: redis.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    ids: Sequence[bytes],
 ) -> list[Message]:
     """XCLAIM ``ids`` if still idle (another worker may have been quicker); deleted ones skipped."""
-    reply = client.xclaim(stream, group, consumer, min_idle_ms, ids)
+    reply = cast(list[Message], client.xclaim(stream, group, consumer, min_idle_ms, list(ids)))
     return [m for m in reply if m and m[0] is not None and m[1] is not None]
 
 
@@ -152,5 +159,7 @@ def _lag(
 ) -> tuple[int | None, bool]:
     if "lag" in group:  # Redis 7.0+
         return (None if group["lag"] is None else int(group["lag"])), False
-    entries = client.xrange(stream, min=f"({last}", max="+", count=LAG_COUNT_LIMIT)
+    entries = cast(
+        list[Message], client.xrange(stream, min=f"({last}", max="+", count=LAG_COUNT_LIMIT)
+    )
     return len(entries), len(entries) >= LAG_COUNT_LIMIT

@@ -98,7 +98,9 @@ def test_up_runs_the_pipeline_on_an_embedded_redis(tmp_path: Path) -> None:
         assert not set(delivered(out)) & {n for n in range(300) if n % 3 == 0}, "DEBUG dropped"
 
         children = subprocess.run(
-            ["pgrep", "-P", str(up.pid), "-f", "worker --stage filter"], capture_output=True, text=True
+            ["pgrep", "-P", str(up.pid), "-f", "worker --stage filter"],
+            capture_output=True,
+            text=True,
         ).stdout.split()
         assert len(children) == 1
         os.kill(int(children[0]), signal.SIGKILL)

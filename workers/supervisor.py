@@ -117,7 +117,7 @@ class Supervisor:
             for child in self.children:
                 if child.process is not None and child.process.poll() is not None:
                     code = child.process.returncode
-                    mark_process_dead(child.process.pid, str(self.metrics_dir))
+                    mark_process_dead(child.process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
                     if now - child.started_at >= HEALTHY_AFTER_S:
                         child.backoff_s = 1.0
                     log.warning(

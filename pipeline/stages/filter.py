@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from pipeline import dlq
 from pipeline.config import Config
@@ -42,7 +43,7 @@ class FilterStage:
     def __init__(self, client: redis.Redis, config: Config, filters: Sequence[Plugin]) -> None:
         self.client = client
         self.keys = config.keys
-        self.streams = (self.keys.ingest,)
+        self.streams: tuple[str, ...] = (self.keys.ingest,)
         self.filters = list(filters)
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self._warned: set[tuple[str, str]] = set()
@@ -152,7 +153,7 @@ class FilterStage:
 
     def _letter(
         self, payload: bytes, error: str, plugin: str, stage: str, stream: str, message_id: bytes
-    ) -> dict[str | bytes, bytes | str | int]:
+    ) -> dict[FieldT, EncodableT]:
         return dlq.letter(
             payload,
             error=error,

@@ -36,7 +36,7 @@ class Stage(Protocol):
 
     name: str
     group: str
-    streams: Sequence[str]
+    streams: tuple[str, ...]
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Process one batch read from ``stream``; acknowledge what is passed on."""

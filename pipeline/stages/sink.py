@@ -64,7 +64,7 @@ class SinkStage:
         self.keys = keys
         self.name = f"sink:{plugin.name}"
         self.group = keys.sink_group(plugin.name)
-        self.streams = (keys.filtered, keys.sink_replay(plugin.name))
+        self.streams: tuple[str, ...] = (keys.filtered, keys.sink_replay(plugin.name))
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self.batch_size = config.sink.batch_size
         self.interval_s = config.sink.flush_interval_ms / 1000
