@@ -70,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="serve /metrics here (0: a free port, logged; -1: off)",
     )
+    worker.add_argument("--metrics-host", help="address /metrics binds to (default: metrics.host)")
 
     commands.add_parser("validate", help="check the config and load every enabled plugin")
 
@@ -146,6 +147,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from workers.stage_worker import run_worker
 
         port = None if args.metrics_port < 0 else args.metrics_port
+        if args.metrics_host:
+            config.metrics.host = args.metrics_host
         return run_worker(config, args.stage, port, args.sink)
     if args.command == "demo":
         from workers.demo import run_demo
