@@ -16,6 +16,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,6 +37,7 @@ from benchmarks.figures import (
     redis_server,
     sink_stage,
 )
+from pipeline.entry import decode
 from workers.demo import realistic_entries
 
 SEED = 7
@@ -71,11 +73,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def make_workload(count: int) -> Workload:
     payloads = []
+    forwarded = []
     kept = 0
+    stream_id = b"%d-0" % int(time.time() * 1000)
     for entry in realistic_entries(count, SEED):
         payloads.append(orjson.dumps(entry))
+        forwarded.append(decode(stream_id, {b"entry": payloads[-1]}, 1 << 20)[1])
         kept += entry["level"] != "DEBUG"
-    return Workload(payloads, kept)
+    return Workload(payloads, forwarded, kept)
 
 
 def machine_facts(client: redis.Redis) -> dict[str, Any]:
@@ -145,13 +150,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_table(results: dict[str, Any]) -> None:
     labels = {figure.key: figure.label for figure in FIGURES}
     print()
-    header = f"{'figure':34} {'median entries/s':>17}  {'ratio':>6}  vs"
+    header = f"{'figure':34} {'median entries/s':>17} {'runs min–max':>19}  {'ratio':>5}  vs"
     print(header)
-    print("-" * len(header))
+    print("-" * (len(header) + 20))
     for row in results["figures"]:
+        runs = row["entries_per_s"]
+        spread = f"{min(runs):,.0f}–{max(runs):,.0f}"
         print(
-            f"{row['figure']:34} {row['median_entries_per_s']:>17,.0f}  "
-            f"{row['ratio_vs_baseline']:>6.2f}  {labels[row['baseline']]}"
+            f"{row['figure']:34} {row['median_entries_per_s']:>17,.0f} {spread:>19}  "
+            f"{row['ratio_vs_baseline']:>5.2f}  {labels[row['baseline']]}"
         )
     print()
     print(

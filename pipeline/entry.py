@@ -74,25 +74,43 @@ def normalise_level(level: object) -> str:
     raise MalformedEntry(f"unknown level {level!r} (expected one of {', '.join(LEVELS)})")
 
 
+# (ms part of the last stream ID formatted, its second, that second's text, the whole text):
+# one tuple, swapped whole, so sink threads sharing it never see half an update.
+_last_formatted: tuple[bytes, int, str, str] = (b"", -1, "", "")
+
+
 def timestamp_from_id(stream_id: bytes | str) -> str:
     """RFC 3339 UTC time of a stream ID's millisecond part, e.g. ``2025-04-30T12:00:00.123Z``."""
+    global _last_formatted
     if isinstance(stream_id, str):
         stream_id = stream_id.encode()
-    ms = int(stream_id.split(b"-", 1)[0])
-    seconds, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    ms_part = stream_id.partition(b"-")[0]
+    last = _last_formatted
+    if ms_part == last[0]:  # a batch's entries mostly share their millisecond
+        return last[3]
+    seconds, millis = divmod(int(ms_part), 1000)
+    second_text = (
+        last[2] if seconds == last[1] else time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    )
+    text = f"{second_text}.{millis:03d}Z"
+    _last_formatted = (ms_part, seconds, second_text, text)
+    return text
 
 
-def normalise(obj: dict[str, Any], stream_id: bytes | str) -> bool:
-    """Bring ``obj`` to the CONTRACT §1 shape in place; return whether anything changed."""
-    changed = False
+def normalise(obj: dict[str, Any], stream_id: bytes | str) -> tuple[dict[str, str], bool]:
+    """Bring ``obj`` to the CONTRACT §1 shape in place.
+
+    Returns the fields it added (missing level, module, timestamp) and whether it rewrote one
+    that was there (a level spelled ``warning``), so the caller knows how to re-encode.
+    """
+    added: dict[str, str] = {}
+    rewritten = False
     level = obj.get("level")
     if level is None:
-        obj["level"] = "INFO"
-        changed = True
+        added["level"] = "INFO"
     elif level not in LEVEL_RANK:
         obj["level"] = normalise_level(level)
-        changed = True
+        rewritten = True
     message = obj.get("message")
     lang_key = obj.get("lang_key")
     if message is None and lang_key is None:
@@ -102,15 +120,15 @@ def normalise(obj: dict[str, Any], stream_id: bytes | str) -> bool:
     if lang_key is not None and not isinstance(lang_key, str):
         raise MalformedEntry(f"lang_key is a {type(lang_key).__name__}, not a string")
     if "module" not in obj:
-        obj["module"] = ""
-        changed = True
+        added["module"] = ""
     timestamp = obj.get("timestamp")
     if timestamp is None:
-        obj["timestamp"] = timestamp_from_id(stream_id)
-        changed = True
+        added["timestamp"] = timestamp_from_id(stream_id)
     elif not isinstance(timestamp, str):
         raise MalformedEntry(f"timestamp is a {type(timestamp).__name__}, not an RFC 3339 string")
-    return changed
+    if added:
+        obj.update(added)
+    return added, rewritten
 
 
 def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> tuple[Entry, bytes]:
@@ -131,8 +149,13 @@ def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> t
             raise MalformedEntry(f"bad JSON in 'entry': {exc}") from None
         if type(obj) is not dict:
             raise MalformedEntry(f"'entry' holds a JSON {type(obj).__name__}, not an object")
-        if normalise(obj, stream_id):
+        added, rewritten = normalise(obj, stream_id)
+        if rewritten:
             raw = orjson.dumps(obj)
+        elif added:
+            # Cheaper than re-encoding: the object's closing brace becomes the added fields'.
+            # They were missing, so no key repeats. The object has at least message or lang_key.
+            raw = raw.rstrip()[:-1] + b"," + orjson.dumps(added)[1:]
         return Entry(obj), raw
     size = sum(len(key) + len(value) for key, value in fields.items())
     if size > max_bytes:

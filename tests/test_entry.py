@@ -147,3 +147,19 @@ def test_entries_are_read_only_but_copyable_and_serialisable() -> None:
     assert orjson.loads(orjson.dumps(entry)) == entry
     assert pickle.loads(pickle.dumps(entry)) == entry
     assert copy.deepcopy(entry) == entry
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"message": "m"}',
+        b'{"message": "m"}\n',
+        b' { "message" : "m", "x": {"y": "}"} }  ',
+        b'{"lang_key": "a.b", "level": "warning"}',
+        b'{"message":"m","level":"DEBUG","module":"M"}',
+    ],
+)
+def test_forwarded_json_is_the_normalised_entry(raw: bytes) -> None:
+    entry, payload = decode(ID, {b"entry": raw}, LIMIT)
+    assert orjson.loads(payload) == entry
+    assert {"level", "module", "timestamp"} <= set(orjson.loads(payload))

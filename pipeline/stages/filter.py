@@ -30,7 +30,7 @@ from pipeline.metrics import (
 )
 from pipeline.plugin import Failure, Plugin
 from pipeline.stages.runner import call_plugin
-from pipeline.streams import Message
+from pipeline.streams import Message, forward_and_ack
 
 log = logging.getLogger("logloom.filter")
 MALFORMED_LOG_INTERVAL_S = 10.0
@@ -50,7 +50,7 @@ class FilterStage:
         self._last_malformed_log = -MALFORMED_LOG_INTERVAL_S
 
     def handle(self, stream: str, messages: list[Message]) -> None:
-        transaction = self.client.pipeline(transaction=True)
+        letters: list[tuple[str, dict[FieldT, EncodableT]]] = []
         ids: list[bytes] = []
         entries: list[Entry] = []
         payloads: list[bytes] = []
@@ -59,23 +59,30 @@ class FilterStage:
             try:
                 entry, payload = decode(message_id, fields, self.max_entry_bytes)
             except MalformedEntry as exc:
-                transaction.xadd(
-                    self.keys.dlq("ingest"),
-                    self._letter(original_json(fields), str(exc), "", "ingest", stream, message_id),
+                letters.append(
+                    (
+                        self.keys.dlq("ingest"),
+                        self._letter(
+                            original_json(fields), str(exc), "", "ingest", stream, message_id
+                        ),
+                    )
                 )
                 rejected.append(str(exc))
                 continue
             ids.append(message_id)
             entries.append(entry)
             payloads.append(payload)
-        keep = self._run_chain(stream, ids, entries, payloads, transaction)
-        for index, kept in enumerate(keep):
-            if kept:
-                transaction.xadd(self.keys.filtered, {b"entry": payloads[index]})
-        transaction.xack(stream, self.group, *(message_id for message_id, _ in messages))
-        transaction.execute()
+        keep = self._run_chain(stream, ids, entries, payloads, letters)
+        forwarded = [payload for payload, kept in zip(payloads, keep, strict=True) if kept]
+        # Dead letters and the forward-and-ack script in one transaction; no MULTI without them.
+        pipe = self.client.pipeline(transaction=bool(letters))
+        for key, letter_fields in letters:
+            pipe.xadd(key, letter_fields)
+        all_ids = [message_id for message_id, _ in messages]
+        forward_and_ack(pipe, stream, self.group, all_ids, self.keys.filtered, forwarded)
+        pipe.execute()
         ENTRIES_IN.labels(self.name).inc(len(messages))
-        ENTRIES_OUT.labels(self.name).inc(sum(keep))
+        ENTRIES_OUT.labels(self.name).inc(len(forwarded))
         BATCH_SIZE.labels(self.name).observe(len(messages))
         if rejected:
             self._report_malformed(rejected)
@@ -98,7 +105,7 @@ class FilterStage:
         ids: list[bytes],
         entries: list[Entry],
         payloads: list[bytes],
-        transaction: redis.client.Pipeline,
+        letters: list[tuple[str, dict[FieldT, EncodableT]]],
     ) -> list[bool]:
         """Which entries every filter keeps; a failed call dead-letters that entry alone."""
         keep = [True] * len(entries)
@@ -124,9 +131,13 @@ class FilterStage:
                     else f"returned {result!r}, expected True or False"
                 )
                 failures[error] += 1
-                transaction.xadd(
-                    self.keys.dlq("filter"),
-                    self._letter(payloads[index], error, plugin.name, "filter", stream, ids[index]),
+                letters.append(
+                    (
+                        self.keys.dlq("filter"),
+                        self._letter(
+                            payloads[index], error, plugin.name, "filter", stream, ids[index]
+                        ),
+                    )
                 )
             if dropped:
                 ENTRIES_DROPPED.labels(self.name, plugin.name).inc(dropped)
