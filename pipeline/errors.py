@@ -28,7 +28,7 @@ class BackpressureError(LogloomError):
 
 
 class TransientRedisError(LogloomError):
-    """Redis could not be reached; the caller retries instead of losing entries."""
+    """Redis refused or failed a write (out of memory, a failover); the stage waits and retries."""
 
 
 class Shutdown(BaseException):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 Message = tuple[bytes, dict[bytes, bytes]]
 LAG_COUNT_LIMIT = 10_000
@@ -33,18 +34,23 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def read_group(
-    client: redis.Redis,
+Command = tuple[Any, ...]  # arguments of one Redis command, to queue with the next read
+
+
+def queue_read(
+    pipe: redis.client.Pipeline,
     group: str,
     consumer: str,
     streams: Mapping[str, str],
     count: int,
-    block_ms: int,
-) -> list[tuple[str, list[Message]]]:
-    """New entries for ``consumer``: ``[(stream, [(id, fields), ...]), ...]``; [] on timeout."""
-    reply = client.xreadgroup(
-        group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms or None
-    )
+    block_ms: int | None,
+) -> None:
+    """Queue XREADGROUP of ``streams`` (stream -> ``>`` for new entries, ``0`` for our own)."""
+    pipe.xreadgroup(group, consumer, dict[Any, Any](streams), count=count, block=block_ms or None)
+
+
+def parse_read(reply: Any) -> list[tuple[str, list[Message]]]:
+    """``[(stream, [(id, fields), ...]), ...]`` from an XREADGROUP reply; [] on timeout."""
     if not reply:
         return []
     if isinstance(reply, dict):  # RESP3
@@ -54,30 +60,52 @@ def read_group(
     return [(_text(stream), cast(list[Message], messages)) for stream, messages in reply]
 
 
-# Forwarding a batch in one command instead of one XADD per entry: redis-py spends far more time
-# packing and parsing N commands than Redis spends running them. Like MULTI, a script is atomic.
+# A whole batch in one command: redis-py spends far more time packing and parsing one command
+# per entry than Redis spends running them. A script is atomic, like MULTI: every forward, dead
+# letter and acknowledgement of the batch happens, or none does.
+#   KEYS: source, target, dead-letter streams...
+#   ARGV: group, #ids, ids..., #payloads, payloads..., #letters,
+#         then per letter: KEYS index of its DLQ, #field-and-value items, items...
 FORWARD_AND_ACK = """
-local acks = tonumber(ARGV[2])
-for i = 3 + acks, #ARGV do
+local group = ARGV[1]
+local ids = tonumber(ARGV[2])
+local at = 3 + ids
+local payloads = tonumber(ARGV[at])
+for i = at + 1, at + payloads do
   redis.call('XADD', KEYS[2], '*', 'entry', ARGV[i])
 end
-for first = 3, 2 + acks, 1000 do
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, math.min(first + 999, 2 + acks)))
+at = at + payloads + 1
+for _ = 1, tonumber(ARGV[at]) do
+  local key, items = KEYS[tonumber(ARGV[at + 1])], tonumber(ARGV[at + 2])
+  redis.call('XADD', key, '*', unpack(ARGV, at + 3, at + 2 + items))
+  at = at + 2 + items
 end
-return acks
+for first = 3, 2 + ids, 1000 do
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 999, 2 + ids)))
+end
+return ids
 """
 
 
 def forward_and_ack(
-    pipe: redis.client.Pipeline,
     source: str,
     group: str,
     ids: Sequence[bytes],
     target: str,
     payloads: Sequence[bytes],
-) -> None:
-    """Queue on ``pipe``: XADD each payload to ``target`` (field ``entry``); XACK ``ids``."""
-    pipe.eval(FORWARD_AND_ACK, 2, source, target, group, len(ids), *ids, *payloads)
+    letters: Sequence[tuple[str, Mapping[FieldT, EncodableT]]] = (),
+) -> Command:
+    """The EVAL that XADDs ``payloads`` to ``target`` (field ``entry``), each dead letter to its
+    DLQ, and XACKs ``ids`` on ``source`` — atomically, in one command."""
+    dlq_keys = list(dict.fromkeys(key for key, _ in letters))
+    letter_args: list[EncodableT] = [len(letters)]
+    for key, fields in letters:
+        items = [item for pair in fields.items() for item in pair]
+        letter_args += [3 + dlq_keys.index(key), len(items), *items]
+    return (
+        "EVAL", FORWARD_AND_ACK, 2 + len(dlq_keys), source, target, *dlq_keys,
+        group, len(ids), *ids, len(payloads), *payloads, *letter_args,
+    )  # fmt: skip
 
 
 def idle_pending(

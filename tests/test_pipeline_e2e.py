@@ -424,7 +424,7 @@ def test_workers_ride_out_a_redis_restart(
         wait_for(lambda: _pings(own), 10, "Redis to come back")
         second, _ = produce_mixed(own, 500, start=1000)
         assert set(wait_delivered(out, first | second)) == first | second
-        assert "Redis unreachable" in workers.output()
+        assert "Redis unavailable" in workers.output()
         assert all(p.poll() is None for p in workers.processes), "workers stayed up"
     finally:
         server.terminate()
@@ -436,3 +436,23 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.ConnectionError:
         return False
+
+
+def test_workers_wait_out_a_redis_that_refuses_writes(
+    client: redis.Redis, write_config: Callable[..., Path], workers: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    config = jsonl_config(write_config, out)
+    expected, _ = produce_mixed(client, 2000)
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", "1")  # every write is refused with OOM
+    try:
+        workers.start(config, "filter")
+        workers.start(config, "sink")
+        wait_for(lambda: "Redis refused (OutOfMemoryError" in workers.output(), 20, "the refusal")
+        assert not out.exists() or not read_seqs(out)
+    finally:
+        client.config_set("maxmemory", "0")
+    seqs = wait_delivered(out, expected)
+    assert set(seqs) == expected and max(seqs.values()) == 1
+    assert all(p.poll() is None for p in workers.processes), "workers stayed up"

@@ -77,7 +77,6 @@ def run_worker(
                 config.stages,
                 config.stages.batch_size,
             )
-            loop.ensure_groups()
             log.info(
                 "Filter worker %d: chain %s, reading %s",
                 os.getpid(),
@@ -116,7 +115,6 @@ def _run_sinks(
     for sink in sinks:
         stage = SinkStage(client, config, sink, stop)
         loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
-        loop.ensure_groups()
         threads.append(threading.Thread(target=run_one, args=(loop,), name=stage.name))
     log.info(
         "Sink worker %d: %s, reading %s",

@@ -30,7 +30,7 @@ from pipeline.metrics import (
 )
 from pipeline.plugin import Failure, Plugin
 from pipeline.stages.runner import call_plugin
-from pipeline.streams import Message, forward_and_ack
+from pipeline.streams import Command, Message, forward_and_ack
 
 log = logging.getLogger("logloom.filter")
 MALFORMED_LOG_INTERVAL_S = 10.0
@@ -49,7 +49,8 @@ class FilterStage:
         self._warned: set[tuple[str, str]] = set()
         self._last_malformed_log = -MALFORMED_LOG_INTERVAL_S
 
-    def handle(self, stream: str, messages: list[Message]) -> None:
+    def handle(self, stream: str, messages: list[Message]) -> list[Command]:
+        """Decode, filter, and return the one command that forwards, dead-letters and acks."""
         letters: list[tuple[str, dict[FieldT, EncodableT]]] = []
         ids: list[bytes] = []
         entries: list[Entry] = []
@@ -74,18 +75,20 @@ class FilterStage:
             payloads.append(payload)
         keep = self._run_chain(stream, ids, entries, payloads, letters)
         forwarded = [payload for payload, kept in zip(payloads, keep, strict=True) if kept]
-        # Dead letters and the forward-and-ack script in one transaction; no MULTI without them.
-        pipe = self.client.pipeline(transaction=bool(letters))
-        for key, letter_fields in letters:
-            pipe.xadd(key, letter_fields)
-        all_ids = [message_id for message_id, _ in messages]
-        forward_and_ack(pipe, stream, self.group, all_ids, self.keys.filtered, forwarded)
-        pipe.execute()
+        write = forward_and_ack(
+            stream,
+            self.group,
+            [message_id for message_id, _ in messages],
+            self.keys.filtered,
+            forwarded,
+            letters,
+        )
         ENTRIES_IN.labels(self.name).inc(len(messages))
         ENTRIES_OUT.labels(self.name).inc(len(forwarded))
         BATCH_SIZE.labels(self.name).observe(len(messages))
         if rejected:
             self._report_malformed(rejected)
+        return [write]
 
     def _report_malformed(self, reasons: list[str]) -> None:
         DEAD_LETTERS.labels("ingest", "").inc(len(reasons))
@@ -176,14 +179,16 @@ class FilterStage:
         )
 
     def reject(self, stream: str, messages: list[Message], error: str) -> None:
-        transaction = self.client.pipeline(transaction=True)
-        for message_id, fields in messages:
-            transaction.xadd(
+        letters = [
+            (
                 self.keys.dlq(self.name),
                 self._letter(original_json(fields), error, "", self.name, stream, message_id),
             )
-        transaction.xack(stream, self.group, *(message_id for message_id, _ in messages))
-        transaction.execute()
+            for message_id, fields in messages
+        ]
+        ids = [message_id for message_id, _ in messages]
+        command = forward_and_ack(stream, self.group, ids, self.keys.filtered, [], letters)
+        self.client.execute_command(*command)  # type: ignore[no-untyped-call]
         DEAD_LETTERS.labels(self.name, "").inc(len(messages))
         log.error(
             "Stage filter: %d entries sent to %s: %s",
@@ -199,6 +204,9 @@ class FilterStage:
         pass
 
     def drain(self) -> None:
+        pass
+
+    def reset(self) -> None:
         pass
 
     def close(self) -> None:

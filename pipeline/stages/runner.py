@@ -22,13 +22,23 @@ import redis
 from pipeline import streams
 from pipeline.config import StagesConfig
 from pipeline.entry import Entry
+from pipeline.errors import TransientRedisError
 from pipeline.metrics import PLUGIN_CALL_SECONDS, RECLAIMED
 from pipeline.plugin import Failure, Plugin
-from pipeline.streams import Message
+from pipeline.streams import Command, Message
 
 log = logging.getLogger("logloom.stage")
 
-REDIS_DOWN_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Failures the loop waits out; the batch in hand is processed again once Redis is back.
+REDIS_DOWN_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    TransientRedisError,
+)
+# Refusals that pass: out of memory, a failed disk write (MISCONF), a replica mid-failover.
+REFUSALS_TO_WAIT_OUT = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+REFUSAL_PREFIXES = ("MISCONF", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
 
 
 class Stage(Protocol):
@@ -38,8 +48,9 @@ class Stage(Protocol):
     group: str
     streams: tuple[str, ...]
 
-    def handle(self, stream: str, messages: list[Message]) -> None:
-        """Process one batch read from ``stream``; acknowledge what is passed on."""
+    def handle(self, stream: str, messages: list[Message]) -> list[Command]:
+        """Process one batch read from ``stream``; return the writes that pass it on and
+        acknowledge it, to be sent with the next read (a stage may also write itself)."""
 
     def reject(self, stream: str, messages: list[Message], error: str) -> None:
         """Dead-letter and acknowledge ``messages`` without processing them."""
@@ -56,6 +67,9 @@ class Stage(Protocol):
     def close(self) -> None:
         """Finish: drain, on the way out. Called once."""
 
+    def reset(self) -> None:
+        """Drop what is buffered after a Redis error; the loop reads it again."""
+
 
 def consumer_name() -> str:
     """Unique per process and machine, so a restarted worker never inherits a dead one's name."""
@@ -63,6 +77,13 @@ def consumer_name() -> str:
 
 
 class StageLoop:
+    """Drives one stage. A batch's writes travel with the next read: one round trip per batch.
+
+    If Redis fails mid-batch, the stage is reset and the loop re-reads this consumer's own
+    pending entries (XREADGROUP from ``0``) before new ones: writes that went through acked
+    their entries, so only the rest are processed again.
+    """
+
     def __init__(
         self,
         client: redis.Redis,
@@ -76,6 +97,8 @@ class StageLoop:
         self.settings = settings
         self.batch_size = batch_size
         self.consumer = consumer or consumer_name()
+        self._outbox: list[Command] = []
+        self._reread_own = False
         self._next_claim = 0.0
         self._next_trim = time.monotonic() + settings.trim_interval_s
 
@@ -84,7 +107,7 @@ class StageLoop:
             streams.ensure_group(self.client, stream, self.stage.group)
 
     def run(self, stop: threading.Event) -> None:
-        """Until ``stop`` is set; then close the stage (flush, acknowledge) and return."""
+        """Until ``stop`` is set; then send the last writes, close the stage and return."""
         backoff = 0.5
         try:
             while not stop.is_set():
@@ -92,37 +115,65 @@ class StageLoop:
                     self.step()
                     backoff = 0.5
                 except REDIS_DOWN_ERRORS as exc:
+                    self._lost_batch()
                     log.error(
-                        "Stage %s: Redis unreachable (%s); retrying in %.1fs",
-                        self.stage.name,
-                        exc,
-                        backoff,
-                    )
+                        "Stage %s: Redis unavailable (%s); retrying in %.1fs",
+                        self.stage.name, exc, backoff,
+                    )  # fmt: skip
                     stop.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
                 except redis.ResponseError as exc:
+                    if isinstance(exc, REFUSALS_TO_WAIT_OUT) or str(exc).startswith(
+                        REFUSAL_PREFIXES
+                    ):
+                        self._lost_batch()
+                        log.error(
+                            "Stage %s: Redis refused (%s: %s); retrying in %.1fs",
+                            self.stage.name,
+                            type(exc).__name__,
+                            exc,
+                            backoff,
+                        )
+                        stop.wait(backoff)
+                        backoff = min(backoff * 2, 10.0)
+                        continue
                     if "NOGROUP" not in str(exc):
                         raise
+                    self._lost_batch()
                     log.warning(
                         "Stage %s: consumer group gone (%s); creating it again",
-                        self.stage.name,
-                        exc,
-                    )
+                        self.stage.name, exc,
+                    )  # fmt: skip
                     self.ensure_groups()
         finally:
             try:
+                self._send(self._outbox)
                 self.stage.close()
             except REDIS_DOWN_ERRORS as exc:
                 log.error(
                     "Stage %s: could not finish on the way out, Redis unreachable (%s); "
                     "unacknowledged entries will be delivered again",
-                    self.stage.name,
-                    exc,
-                )
+                    self.stage.name, exc,
+                )  # fmt: skip
+
+    def _lost_batch(self) -> None:
+        self._outbox.clear()
+        self.stage.reset()
+        self._reread_own = True
+
+    def _send(self, commands: list[Command]) -> None:
+        """Execute ``commands`` now, in one round trip (reclaims, the last batch)."""
+        if commands:
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            pipe.execute()
+            commands.clear()
 
     def step(self) -> None:
         now = time.monotonic()
         if now >= self._next_claim:
+            self._send(self._outbox)
             self.ensure_groups()
             self.reclaim()
             self._next_claim = now + self.settings.claim_interval_s
@@ -130,17 +181,31 @@ class StageLoop:
             for stream in self.stage.streams:
                 streams.trim_acknowledged(self.client, stream)
             self._next_trim = now + self.settings.trim_interval_s
-        batches = streams.read_group(
-            self.client,
+        pipe = self.client.pipeline(transaction=False)
+        for command in self._outbox:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        own = self._reread_own
+        streams.queue_read(
+            pipe,
             self.stage.group,
             self.consumer,
-            dict.fromkeys(self.stage.streams, ">"),
+            dict.fromkeys(self.stage.streams, "0" if own else ">"),
             self.batch_size,
-            self.stage.wait_ms(self.settings.block_ms),
+            None if own else self.stage.wait_ms(self.settings.block_ms),
         )
+        replies = pipe.execute(raise_on_error=False)
+        self._outbox.clear()
+        *written, read = replies
+        failed = [reply for reply in written if isinstance(reply, Exception)]
+        if isinstance(read, Exception):
+            raise read
+        if failed:
+            raise TransientRedisError(f"a batch's writes failed ({failed[0]})")
+        batches = streams.parse_read(read)
+        self._reread_own = own and any(messages for _, messages in batches)
         for stream, messages in batches:
             if messages:
-                self.stage.handle(stream, messages)
+                self._outbox += self.stage.handle(stream, messages)
         self.stage.tick()
 
     def reclaim(self) -> None:
@@ -196,7 +261,7 @@ class StageLoop:
             len(messages),
             stream,
         )
-        self.stage.handle(stream, messages)
+        self._send(self.stage.handle(stream, messages))
         self.stage.drain()
 
 

@@ -31,7 +31,7 @@ from pipeline.metrics import (
 )
 from pipeline.plugin import Failure, Plugin
 from pipeline.stages.runner import call_plugin
-from pipeline.streams import Message
+from pipeline.streams import Command, Message
 
 log = logging.getLogger("logloom.sink")
 
@@ -72,7 +72,8 @@ class SinkStage:
         self.buffer: list[Buffered] = []
         self.deadline: float | None = None
 
-    def handle(self, stream: str, messages: list[Message]) -> None:
+    def handle(self, stream: str, messages: list[Message]) -> list[Command]:
+        """Buffer; flush when a batch is full. A sink acknowledges as it delivers: no commands."""
         bad: list[tuple[Message, str]] = []
         for message_id, fields in messages:
             try:
@@ -88,6 +89,7 @@ class SinkStage:
             self.deadline = time.monotonic() + self.interval_s
         while len(self.buffer) >= self.batch_size:
             self.flush()
+        return []
 
     def wait_ms(self, block_ms: int) -> int:
         if self.deadline is None:
@@ -105,6 +107,12 @@ class SinkStage:
 
     def close(self) -> None:
         self.drain()
+
+    def reset(self) -> None:
+        """Forget the buffer after a Redis error: its entries are still in our pending list, and
+        the loop reads that again (they may be delivered twice; never lost)."""
+        self.buffer = []
+        self.deadline = None
 
     def flush(self) -> None:
         """Deliver up to one batch from the buffer, retrying what fails; see the module doc."""
