@@ -101,7 +101,7 @@ def test_redis_stream_sink_forwards_in_one_round_trip(redis_url: str) -> None:
     plugin = load("sink_redis_stream", url=redis_url, stream="downstream")
     batch = entries(250)
     assert plugin.call_batch(batch) == [0] * 250
-    client = redis.Redis.from_url(redis_url)
-    forwarded = client.xrange("downstream")
-    assert [orjson.loads(f[b"entry"]) for _, f in forwarded] == batch
     plugin.shutdown()
+    with redis.Redis.from_url(redis_url) as client:
+        forwarded = client.xrange("downstream")
+    assert [orjson.loads(f[b"entry"]) for _, f in forwarded] == batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from helpers import wait_for
+from helpers import start_redis_server, wait_for
 
 from pipeline.keys import Keys
 
@@ -387,55 +388,30 @@ def test_acknowledged_entries_are_trimmed_unread_ones_never(
 def test_workers_ride_out_a_redis_restart(
     tmp_path: Path, write_config: Callable[..., Path], workers: Any
 ) -> None:
-    import shutil
-
-    from conftest import start_redis_server
-
     binary = shutil.which("redis-server")
     assert binary
     server, url = start_redis_server(binary, tmp_path)
-    port = url.rsplit(":", 1)[1].split("/")[0]
+    own = redis.Redis.from_url(url)
     try:
         out = tmp_path / "out.jsonl"
         config = jsonl_config(write_config, out, redis={"url": url})
         workers.start(config, "filter")
         workers.start(config, "sink")
-        own = redis.Redis.from_url(url)
         first, _ = produce_mixed(own, 500)
         wait_delivered(out, first)
         server.terminate()
         server.wait()
-        server = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
+        server, _ = start_redis_server(
+            binary, tmp_path, port=own.connection_pool.connection_kwargs["port"]
         )
-        wait_for(lambda: _pings(own), 10, "Redis to come back")
         second, _ = produce_mixed(own, 500, start=1000)
         assert set(wait_delivered(out, first | second)) == first | second
         assert "Redis unavailable" in workers.output()
         assert all(p.poll() is None for p in workers.processes), "workers stayed up"
     finally:
+        own.close()
         server.terminate()
         server.wait()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def test_workers_wait_out_a_redis_that_refuses_writes(

@@ -83,8 +83,9 @@ def test_up_runs_the_pipeline_on_an_embedded_redis(tmp_path: Path) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    url_file = tmp_path / "data" / "redis.url"
+    client = redis.Redis()
     try:
-        url_file = tmp_path / "data" / "redis.url"
         wait_for(url_file.exists, 30, "the embedded Redis")
         url = url_file.read_text().strip()
         client = redis.Redis.from_url(url)
@@ -142,8 +143,9 @@ def test_up_runs_the_pipeline_on_an_embedded_redis(tmp_path: Path) -> None:
     finally:
         up.send_signal(signal.SIGTERM)
         code = up.wait(timeout=30)
+        client.close()
     assert code == 0
     assert "Embedded Redis stopped" in log_path.read_text()
     assert not url_file.exists()
-    with pytest.raises(redis.ConnectionError):
-        redis.Redis.from_url(url).ping()
+    with pytest.raises(redis.ConnectionError), redis.Redis.from_url(url) as gone:
+        gone.ping()
