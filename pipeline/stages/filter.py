@@ -45,12 +45,13 @@ class FilterStage:
         self.keys = config.keys
         self.streams: tuple[str, ...] = (self.keys.ingest,)
         self.filters = list(filters)
+        self.outbox: list[Command] = []
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self._warned: set[tuple[str, str]] = set()
         self._last_malformed_log = -MALFORMED_LOG_INTERVAL_S
 
-    def handle(self, stream: str, messages: list[Message]) -> list[Command]:
-        """Decode, filter, and return the one command that forwards, dead-letters and acks."""
+    def handle(self, stream: str, messages: list[Message]) -> None:
+        """Decode, filter, and queue the one command that forwards, dead-letters and acks."""
         letters: list[tuple[str, dict[FieldT, EncodableT]]] = []
         ids: list[bytes] = []
         entries: list[Entry] = []
@@ -75,20 +76,21 @@ class FilterStage:
             payloads.append(payload)
         keep = self._run_chain(stream, ids, entries, payloads, letters)
         forwarded = [payload for payload, kept in zip(payloads, keep, strict=True) if kept]
-        write = forward_and_ack(
-            stream,
-            self.group,
-            [message_id for message_id, _ in messages],
-            self.keys.filtered,
-            forwarded,
-            letters,
+        self.outbox.append(
+            forward_and_ack(
+                stream,
+                self.group,
+                [message_id for message_id, _ in messages],
+                self.keys.filtered,
+                forwarded,
+                letters,
+            )
         )
         ENTRIES_IN.labels(self.name).inc(len(messages))
         ENTRIES_OUT.labels(self.name).inc(len(forwarded))
         BATCH_SIZE.labels(self.name).observe(len(messages))
         if rejected:
             self._report_malformed(rejected)
-        return [write]
 
     def _report_malformed(self, reasons: list[str]) -> None:
         DEAD_LETTERS.labels("ingest", "").inc(len(reasons))
@@ -187,8 +189,9 @@ class FilterStage:
             for message_id, fields in messages
         ]
         ids = [message_id for message_id, _ in messages]
-        command = forward_and_ack(stream, self.group, ids, self.keys.filtered, [], letters)
-        self.client.execute_command(*command)  # type: ignore[no-untyped-call]
+        self.outbox.append(
+            forward_and_ack(stream, self.group, ids, self.keys.filtered, [], letters)
+        )
         DEAD_LETTERS.labels(self.name, "").inc(len(messages))
         log.error(
             "Stage filter: %d entries sent to %s: %s",

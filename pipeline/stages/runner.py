@@ -48,12 +48,15 @@ class Stage(Protocol):
     group: str
     streams: tuple[str, ...]
 
-    def handle(self, stream: str, messages: list[Message]) -> list[Command]:
-        """Process one batch read from ``stream``; return the writes that pass it on and
-        acknowledge it, to be sent with the next read (a stage may also write itself)."""
+    outbox: list[Command]
+    """Writes that pass entries on and acknowledge them, queued by the stage; the loop sends
+    them with its next read, in the same round trip."""
+
+    def handle(self, stream: str, messages: list[Message]) -> None:
+        """Process one batch read from ``stream``, queueing its writes in ``outbox``."""
 
     def reject(self, stream: str, messages: list[Message], error: str) -> None:
-        """Dead-letter and acknowledge ``messages`` without processing them."""
+        """Queue dead letters for ``messages`` and their acknowledgement, unprocessed."""
 
     def wait_ms(self, block_ms: int) -> int:
         """How long the next read may block (a sink shortens it to meet its flush deadline)."""
@@ -97,7 +100,6 @@ class StageLoop:
         self.settings = settings
         self.batch_size = batch_size
         self.consumer = consumer or consumer_name()
-        self._outbox: list[Command] = []
         self._reread_own = False
         self._next_claim = 0.0
         self._next_trim = time.monotonic() + settings.trim_interval_s
@@ -147,8 +149,8 @@ class StageLoop:
                     self.ensure_groups()
         finally:
             try:
-                self._send(self._outbox)
                 self.stage.close()
+                self._send_outbox()
             except REDIS_DOWN_ERRORS as exc:
                 log.error(
                     "Stage %s: could not finish on the way out, Redis unreachable (%s); "
@@ -157,12 +159,13 @@ class StageLoop:
                 )  # fmt: skip
 
     def _lost_batch(self) -> None:
-        self._outbox.clear()
+        self.stage.outbox.clear()
         self.stage.reset()
         self._reread_own = True
 
-    def _send(self, commands: list[Command]) -> None:
-        """Execute ``commands`` now, in one round trip (reclaims, the last batch)."""
+    def _send_outbox(self) -> None:
+        """Send the stage's queued writes now, in one round trip (reclaims, the last batch)."""
+        commands = self.stage.outbox
         if commands:
             pipe = self.client.pipeline(transaction=False)
             for command in commands:
@@ -173,7 +176,7 @@ class StageLoop:
     def step(self) -> None:
         now = time.monotonic()
         if now >= self._next_claim:
-            self._send(self._outbox)
+            self._send_outbox()
             self.ensure_groups()
             self.reclaim()
             self._next_claim = now + self.settings.claim_interval_s
@@ -182,7 +185,7 @@ class StageLoop:
                 streams.trim_acknowledged(self.client, stream)
             self._next_trim = now + self.settings.trim_interval_s
         pipe = self.client.pipeline(transaction=False)
-        for command in self._outbox:
+        for command in self.stage.outbox:
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
         own = self._reread_own
         streams.queue_read(
@@ -194,7 +197,7 @@ class StageLoop:
             None if own else self.stage.wait_ms(self.settings.block_ms),
         )
         replies = pipe.execute(raise_on_error=False)
-        self._outbox.clear()
+        self.stage.outbox.clear()
         *written, read = replies
         failed = [reply for reply in written if isinstance(reply, Exception)]
         if isinstance(read, Exception):
@@ -205,7 +208,7 @@ class StageLoop:
         self._reread_own = own and any(messages for _, messages in batches)
         for stream, messages in batches:
             if messages:
-                self._outbox += self.stage.handle(stream, messages)
+                self.stage.handle(stream, messages)
         self.stage.tick()
 
     def reclaim(self) -> None:
@@ -238,6 +241,7 @@ class StageLoop:
                         f"delivered more than {limit} times and never acknowledged "
                         "(it crashed or hung every worker that read it)",
                     )
+                    self._send_outbox()
                 for entry_id in (entry_id for entry_id, count in idle if 1 < count <= limit):
                     self._handle_reclaimed(stream, self._claim(stream, [entry_id]))
                 fresh = [entry_id for entry_id, count in idle if count == 1]
@@ -261,8 +265,9 @@ class StageLoop:
             len(messages),
             stream,
         )
-        self._send(self.stage.handle(stream, messages))
+        self.stage.handle(stream, messages)
         self.stage.drain()
+        self._send_outbox()
 
 
 def call_plugin(plugin: Plugin, entries: Sequence[Entry]) -> list[Any]:

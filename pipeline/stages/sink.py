@@ -31,7 +31,7 @@ from pipeline.metrics import (
 )
 from pipeline.plugin import Failure, Plugin
 from pipeline.stages.runner import call_plugin
-from pipeline.streams import Command, Message
+from pipeline.streams import Command, Message, forward_and_ack
 
 log = logging.getLogger("logloom.sink")
 
@@ -70,10 +70,11 @@ class SinkStage:
         self.interval_s = config.sink.flush_interval_ms / 1000
         self.retry = config.sink.retry
         self.buffer: list[Buffered] = []
+        self.outbox: list[Command] = []
         self.deadline: float | None = None
 
-    def handle(self, stream: str, messages: list[Message]) -> list[Command]:
-        """Buffer; flush when a batch is full. A sink acknowledges as it delivers: no commands."""
+    def handle(self, stream: str, messages: list[Message]) -> None:
+        """Buffer; flush when a batch is full."""
         bad: list[tuple[Message, str]] = []
         for message_id, fields in messages:
             try:
@@ -89,7 +90,6 @@ class SinkStage:
             self.deadline = time.monotonic() + self.interval_s
         while len(self.buffer) >= self.batch_size:
             self.flush()
-        return []
 
     def wait_ms(self, block_ms: int) -> int:
         if self.deadline is None:
@@ -159,67 +159,46 @@ class SinkStage:
             batch = [one for one, _ in failed]
 
     def _acknowledge(self, delivered: list[Buffered]) -> None:
+        """Queue the XACKs of what the sink has; they go with the next read."""
         if not delivered:
             return
-        pipe = self.client.pipeline(transaction=False)
         for stream in self.streams:
             ids = [one.id for one in delivered if one.stream == stream]
             if ids:
-                pipe.xack(stream, self.group, *ids)
-        pipe.execute()
+                self.outbox.append(("XACK", stream, self.group, *ids))
         ENTRIES_OUT.labels(self.name).inc(len(delivered))
 
     def _dead_letter(self, failed: list[tuple[Buffered, str]], attempts: int) -> None:
-        transaction = self.client.pipeline(transaction=True)
-        for one, error in failed:
-            transaction.xadd(
-                self.keys.dlq("sink"),
-                dlq.letter(
-                    one.payload,
-                    error=error,
-                    plugin=self.plugin.name,
-                    stage="sink",
-                    attempts=attempts,
-                    source_stream=one.stream,
-                    source_id=one.id,
-                    replay_to=self.keys.sink_replay(self.plugin.name),
-                ),
-            )
-            transaction.xack(one.stream, self.group, one.id)
-        transaction.execute()
+        for stream in self.streams:
+            letters = [
+                (self.keys.dlq("sink"), dlq.letter(
+                    one.payload, error=error, plugin=self.plugin.name, stage="sink",
+                    attempts=attempts, source_stream=one.stream, source_id=one.id,
+                    replay_to=self.keys.sink_replay(self.plugin.name)))
+                for one, error in failed
+                if one.stream == stream
+            ]  # fmt: skip
+            if letters:
+                ids = [one.id for one, _ in failed if one.stream == stream]
+                self.outbox.append(forward_and_ack(stream, self.group, ids, stream, [], letters))
         DEAD_LETTERS.labels("sink", self.plugin.name).inc(len(failed))
         log.error(
             "Sink '%s': %d entries sent to %s after %d attempts: %s",
-            self.plugin.name,
-            len(failed),
-            self.keys.dlq("sink"),
-            attempts,
-            failed[0][1],
-        )
+            self.plugin.name, len(failed), self.keys.dlq("sink"), attempts, failed[0][1],
+        )  # fmt: skip
 
     def reject(self, stream: str, messages: list[Message], error: str) -> None:
-        transaction = self.client.pipeline(transaction=True)
-        for message_id, fields in messages:
-            transaction.xadd(
-                self.keys.dlq("sink"),
-                dlq.letter(
-                    original_json(fields),
-                    error=error,
-                    plugin=self.plugin.name,
-                    stage="sink",
-                    attempts=0,
-                    source_stream=stream,
-                    source_id=message_id,
-                    replay_to=self.keys.sink_replay(self.plugin.name),
-                ),
-            )
-        transaction.xack(stream, self.group, *(message_id for message_id, _ in messages))
-        transaction.execute()
+        letters = [
+            (self.keys.dlq("sink"), dlq.letter(
+                original_json(fields), error=error, plugin=self.plugin.name, stage="sink",
+                attempts=0, source_stream=stream, source_id=message_id,
+                replay_to=self.keys.sink_replay(self.plugin.name)))
+            for message_id, fields in messages
+        ]  # fmt: skip
+        ids = [message_id for message_id, _ in messages]
+        self.outbox.append(forward_and_ack(stream, self.group, ids, stream, [], letters))
         DEAD_LETTERS.labels("sink", self.plugin.name).inc(len(messages))
         log.error(
             "Sink '%s': %d entries sent to %s: %s",
-            self.plugin.name,
-            len(messages),
-            self.keys.dlq("sink"),
-            error,
-        )
+            self.plugin.name, len(messages), self.keys.dlq("sink"), error,
+        )  # fmt: skip
