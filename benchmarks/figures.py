@@ -405,7 +405,7 @@ def sink_stage(bench: Bench, workload: Workload) -> float:
         workload.count,
         config.sink.batch_size,
     )
-    stage.close()
+    loop.finish()
     elapsed = time.perf_counter() - started
     plugin.shutdown()
     pending = int(group_info(client, config.keys.filtered, stage.group)["pending"])

@@ -149,14 +149,18 @@ class StageLoop:
                     self.ensure_groups()
         finally:
             try:
-                self.stage.close()
-                self._send_outbox()
+                self.finish()
             except REDIS_DOWN_ERRORS as exc:
                 log.error(
                     "Stage %s: could not finish on the way out, Redis unreachable (%s); "
                     "unacknowledged entries will be delivered again",
                     self.stage.name, exc,
                 )  # fmt: skip
+
+    def finish(self) -> None:
+        """Close the stage (sinks flush) and send its last writes."""
+        self.stage.close()
+        self._send_outbox()
 
     def _lost_batch(self) -> None:
         self.stage.outbox.clear()
