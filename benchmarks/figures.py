@@ -28,7 +28,7 @@ from pipeline.discovery import load_plugins
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop
 from pipeline.stages.sink import SinkStage
-from pipeline.streams import connect
+from pipeline.streams import connect, ensure_group
 
 LOAD_BATCH = 1000
 READ_COUNT = 500
@@ -177,14 +177,6 @@ def run_steps(loop: StageLoop, done: Callable[[], bool], entries: int, batch: in
                 return steps
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"{loop.stage.name}: not done after {TIMEOUT_S:.0f} s")
-
-
-def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
-    try:
-        client.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 def check_filtered(client: redis.Redis, stream: str, workload: Workload, figure: str) -> None:
