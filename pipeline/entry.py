@@ -65,9 +65,9 @@ class Entry(dict[str, Any]):
 
 def normalise_level(level: object) -> str:
     """The canonical level for ``level``; raises MalformedEntry for one we do not know."""
-    if level in LEVEL_RANK:
-        return level
     if isinstance(level, str):
+        if level in LEVEL_RANK:
+            return level
         canonical = LEVEL_ALIASES.get(level.strip().lower())
         if canonical is not None:
             return canonical
@@ -101,14 +101,15 @@ def normalise(obj: dict[str, Any], stream_id: bytes | str) -> tuple[dict[str, st
     """Bring ``obj`` to the CONTRACT §1 shape in place.
 
     Returns the fields it added (missing level, module, timestamp) and whether it rewrote one
-    that was there (a level spelled ``warning``), so the caller knows how to re-encode.
+    that was there (a level spelled ``warning``, a ``null``), so the caller knows how to
+    re-encode: appending is only safe for keys that are absent.
     """
     added: dict[str, str] = {}
     rewritten = False
     level = obj.get("level")
     if level is None:
         added["level"] = "INFO"
-    elif level not in LEVEL_RANK:
+    elif type(level) is not str or level not in LEVEL_RANK:
         obj["level"] = normalise_level(level)
         rewritten = True
     message = obj.get("message")
@@ -119,7 +120,7 @@ def normalise(obj: dict[str, Any], stream_id: bytes | str) -> tuple[dict[str, st
         raise MalformedEntry(f"message is a {type(message).__name__}, not a string")
     if lang_key is not None and not isinstance(lang_key, str):
         raise MalformedEntry(f"lang_key is a {type(lang_key).__name__}, not a string")
-    if "module" not in obj:
+    if obj.get("module") is None:
         added["module"] = ""
     timestamp = obj.get("timestamp")
     if timestamp is None:
@@ -127,6 +128,7 @@ def normalise(obj: dict[str, Any], stream_id: bytes | str) -> tuple[dict[str, st
     elif not isinstance(timestamp, str):
         raise MalformedEntry(f"timestamp is a {type(timestamp).__name__}, not an RFC 3339 string")
     if added:
+        rewritten = rewritten or any(key in obj for key in added)  # present, but null
         obj.update(added)
     return added, rewritten
 

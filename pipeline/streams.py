@@ -55,30 +55,38 @@ def parse_read(reply: Any) -> list[tuple[str, list[Message]]]:
         return []
     if isinstance(reply, dict):  # RESP3
         return [
-            (_text(stream), cast(list[Message], messages[0])) for stream, messages in reply.items()
+            (text(stream), cast(list[Message], messages[0])) for stream, messages in reply.items()
         ]
-    return [(_text(stream), cast(list[Message], messages)) for stream, messages in reply]
+    return [(text(stream), cast(list[Message], messages)) for stream, messages in reply]
 
 
 # A whole batch in one command: redis-py spends far more time packing and parsing one command
-# per entry than Redis spends running them. A script is atomic, like MULTI: every forward, dead
-# letter and acknowledgement of the batch happens, or none does.
+# per entry than Redis spends running them. Lua does not roll back, so the script checks every
+# key's type before its first write (a key of the wrong type would otherwise fail it halfway),
+# and Redis lets a script that has started writing finish even past maxmemory: every dead
+# letter, forward and acknowledgement of the batch happens, or none does.
 #   KEYS: source, target, dead-letter streams...
 #   ARGV: group, #ids, ids..., #payloads, payloads..., #letters,
 #         then per letter: KEYS index of its DLQ, #field-and-value items, items...
 FORWARD_AND_ACK = """
+for _, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. kind .. ', not a stream')
+  end
+end
 local group = ARGV[1]
 local ids = tonumber(ARGV[2])
-local at = 3 + ids
-local payloads = tonumber(ARGV[at])
-for i = at + 1, at + payloads do
-  redis.call('XADD', KEYS[2], '*', 'entry', ARGV[i])
-end
-at = at + payloads + 1
+local payloads_at = 3 + ids
+local payloads = tonumber(ARGV[payloads_at])
+local at = payloads_at + payloads + 1
 for _ = 1, tonumber(ARGV[at]) do
   local key, items = KEYS[tonumber(ARGV[at + 1])], tonumber(ARGV[at + 2])
   redis.call('XADD', key, '*', unpack(ARGV, at + 3, at + 2 + items))
   at = at + 2 + items
+end
+for i = payloads_at + 1, payloads_at + payloads do
+  redis.call('XADD', KEYS[2], '*', 'entry', ARGV[i])
 end
 for first = 3, 2 + ids, 1000 do
   redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 999, 2 + ids)))
@@ -137,12 +145,12 @@ def claim(
     return [m for m in reply if m and m[0] is not None and m[1] is not None]
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
 def _id_tuple(stream_id: bytes | str) -> tuple[int, int]:
-    ms, _, seq = _text(stream_id).partition("-")
+    ms, _, seq = text(stream_id).partition("-")
     return int(ms), int(seq or 0)
 
 
@@ -151,13 +159,18 @@ def trim_acknowledged(client: redis.Redis, stream: str) -> int:
 
     A stream without groups is left alone: nobody has read it yet. Returns entries deleted.
     """
-    groups = client.xinfo_groups(stream)
+    try:
+        groups = client.xinfo_groups(stream)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc):
+            return 0  # gone (a Redis restart without persistence): nothing to trim
+        raise
     if not groups:
         return 0
     floor: tuple[int, int] | None = None
     for group in groups:
-        if int(group["pending"]) > 0:
-            oldest = client.xpending(stream, group["name"])["min"]
+        oldest = client.xpending(stream, group["name"])["min"] if int(group["pending"]) else None
+        if oldest is not None:  # None also when the group acknowledged all since XINFO
             keep_from = _id_tuple(oldest)
         else:
             ms, seq = _id_tuple(group["last-delivered-id"])
@@ -194,13 +207,13 @@ def group_stats(client: redis.Redis, stream: str) -> list[GroupStats]:
     now_ms = time.time() * 1000
     stats = []
     for group in groups:
-        name = _text(group["name"])
+        name = text(group["name"])
         pending = int(group["pending"])
         oldest_s = 0.0
-        if pending:
-            oldest = client.xpending(stream, name)["min"]
+        oldest = client.xpending(stream, name)["min"] if pending else None
+        if oldest is not None:
             oldest_s = max(0.0, (now_ms - _id_tuple(oldest)[0]) / 1000)
-        last = _text(group["last-delivered-id"])
+        last = text(group["last-delivered-id"])
         lag, capped = _lag(client, stream, group, last)
         stats.append(
             GroupStats(stream, name, int(group["consumers"]), pending, lag, capped, oldest_s, last)

@@ -103,6 +103,8 @@ def test_an_unchanged_entry_is_forwarded_byte_for_byte() -> None:
         ({b"entry": b"[1, 2]"}, "JSON list, not an object"),
         (json_fields({"level": "VERBOSE", "message": "m"}), "unknown level 'VERBOSE'"),
         (json_fields({"level": 3, "message": "m"}), "unknown level 3"),
+        (json_fields({"level": ["x"], "message": "m"}), "unknown level ['x']"),
+        (json_fields({"level": {"a": 1}, "message": "m"}), "unknown level {'a': 1}"),
         (json_fields({"level": "INFO"}), "neither message nor lang_key"),
         (json_fields({"message": {"nested": 1}}), "message is a dict"),
         (json_fields({"message": "m", "timestamp": 12}), "timestamp is a int"),
@@ -163,3 +165,4 @@ def test_forwarded_json_is_the_normalised_entry(raw: bytes) -> None:
     entry, payload = decode(ID, {b"entry": raw}, LIMIT)
     assert orjson.loads(payload) == entry
     assert {"level", "module", "timestamp"} <= set(orjson.loads(payload))
+    assert payload.count(b'"level"') == 1 and payload.count(b'"timestamp"') == 1, "no key twice"

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -75,8 +76,9 @@ class Stage(Protocol):
 
 
 def consumer_name() -> str:
-    """Unique per process and machine, so a restarted worker never inherits a dead one's name."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Unique per process start: a restarted container keeps its hostname and often its pid, and
+    a worker never reclaims entries pending under its own name."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 class StageLoop:
@@ -100,7 +102,8 @@ class StageLoop:
         self.settings = settings
         self.batch_size = batch_size
         self.consumer = consumer or consumer_name()
-        self._reread_own = False
+        # Where re-reading our own pending entries has got to, per stream; None: read new ones.
+        self._own_cursor: dict[str, str] | None = None
         self._next_claim = 0.0
         self._next_trim = time.monotonic() + settings.trim_interval_s
 
@@ -165,7 +168,7 @@ class StageLoop:
     def _lost_batch(self) -> None:
         self.stage.outbox.clear()
         self.stage.reset()
-        self._reread_own = True
+        self._own_cursor = dict.fromkeys(self.stage.streams, "0")
 
     def _send_outbox(self) -> None:
         """Send the stage's queued writes now, in one round trip (reclaims, the last batch)."""
@@ -191,12 +194,12 @@ class StageLoop:
         pipe = self.client.pipeline(transaction=False)
         for command in self.stage.outbox:
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        own = self._reread_own
+        own = self._own_cursor
         streams.queue_read(
             pipe,
             self.stage.group,
             self.consumer,
-            dict.fromkeys(self.stage.streams, "0" if own else ">"),
+            own or dict.fromkeys(self.stage.streams, ">"),
             self.batch_size,
             None if own else self.stage.wait_ms(self.settings.block_ms),
         )
@@ -209,11 +212,31 @@ class StageLoop:
         if failed:
             raise TransientRedisError(f"a batch's writes failed ({failed[0]})")
         batches = streams.parse_read(read)
-        self._reread_own = own and any(messages for _, messages in batches)
+        if own is not None:
+            self._advance_own_cursor(own, batches)
         for stream, messages in batches:
             if messages:
                 self.stage.handle(stream, messages)
         self.stage.tick()
+
+    def _advance_own_cursor(
+        self, cursor: dict[str, str], batches: list[tuple[str, list[Message]]]
+    ) -> None:
+        """Move past what this re-read returned; back to new entries once it returns nothing.
+
+        Entries deleted while pending come back without fields: they are acknowledged.
+        """
+        found = False
+        for stream, messages in batches:
+            if not messages:
+                continue
+            found = True
+            cursor[stream] = streams.text(messages[-1][0])
+            gone = [message_id for message_id, fields in messages if not fields]
+            if gone:
+                self.stage.outbox.append(("XACK", stream, self.stage.group, *gone))
+                messages[:] = [message for message in messages if message[1]]
+        self._own_cursor = cursor if found else None
 
     def reclaim(self) -> None:
         """Take over what dead workers left, without letting one bad entry take others down.

@@ -1,0 +1,114 @@
+"""Stream plumbing on a real Redis: the forward-and-ack script, trimming, loop recovery."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from helpers import wait_for
+
+from pipeline.config import parse_config
+from pipeline.discovery import load_plugins
+from pipeline.stages.runner import StageLoop, consumer_name
+from pipeline.stages.sink import SinkStage
+from pipeline.streams import connect, ensure_group, forward_and_ack, trim_acknowledged
+
+
+def test_forward_and_ack_writes_letters_forwards_and_acks_atomically(client: redis.Redis) -> None:
+    ensure_group(client, "src", "g")
+    ids = [client.xadd("src", {"entry": b"{}"}) for _ in range(2500)]
+    client.xreadgroup("g", "c", {"src": ">"}, count=3000)
+    letters = [
+        ("dlq:a", {"entry": "1", "error": "e1"}),
+        ("dlq:b", {"entry": "2", "error": "e2"}),
+        ("dlq:a", {"entry": "3", "error": "e3", "attempts": 2}),
+    ]
+    assert client.execute_command(*forward_and_ack("src", "g", ids, "dst", [b"x", b"y"], letters))
+    assert [f[b"entry"] for _, f in client.xrange("dst")] == [b"x", b"y"]
+    assert [f[b"error"] for _, f in client.xrange("dlq:a")] == [b"e1", b"e3"]
+    assert client.xrange("dlq:a")[1][1][b"attempts"] == b"2"
+    assert client.xlen("dlq:b") == 1
+    assert client.xpending("src", "g")["pending"] == 0, "2500 ids acked in chunks"
+    assert client.execute_command(*forward_and_ack("src", "g", [], "dst", [], [])) == 0
+
+
+def test_forward_and_ack_writes_nothing_when_a_key_has_the_wrong_type(client: redis.Redis) -> None:
+    ensure_group(client, "src", "g")
+    entry_id = client.xadd("src", {"entry": b"{}"})
+    client.xreadgroup("g", "c", {"src": ">"})
+    client.set("dlq:broken", "not a stream")
+    command = forward_and_ack("src", "g", [entry_id], "dst", [b"x"], [("dlq:broken", {"a": "b"})])
+    with pytest.raises(redis.ResponseError, match="dlq:broken is a string, not a stream"):
+        client.execute_command(*command)
+    assert client.xlen("dst") == 0 and client.xpending("src", "g")["pending"] == 1
+
+
+def test_trimming_keeps_what_any_group_still_needs(client: redis.Redis) -> None:
+    assert trim_acknowledged(client, "missing") == 0
+    for n in range(100):
+        client.xadd("s", {"n": n})
+    ensure_group(client, "s", "fast")
+    ensure_group(client, "s", "slow")
+    fast = client.xreadgroup("fast", "c", {"s": ">"})[0][1]
+    client.xack("s", "fast", *(m for m, _ in fast))
+    slow = client.xreadgroup("slow", "c", {"s": ">"}, count=30)[0][1]
+    client.xack("s", "slow", *(m for m, _ in slow[:20]))
+    trim_acknowledged(client, "s")
+    assert client.xrange("s", count=1)[0][0] <= slow[20][0], "slow's pending entry 21 kept"
+    assert client.xlen("s") >= 80
+
+
+def test_consumer_names_are_unique_per_start() -> None:
+    assert consumer_name() != consumer_name()
+
+
+def test_a_sink_delivers_each_entry_once_after_a_lost_connection(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out.jsonl"
+    config = parse_config(
+        {
+            "redis": {"url": redis_url},
+            "stages": {"block_ms": 20, "batch_size": 50},
+            "sink": {"batch_size": 50, "flush_interval_ms": 300},
+            "plugins": {"enabled": ["sink_jsonl"], "config": {"sink_jsonl": {"path": str(out)}}},
+        }
+    )
+    client = connect(redis_url)
+    for n in range(20):
+        client.xadd(config.keys.filtered, {"entry": orjson.dumps({"message": f"m{n}", "n": n})})
+    (plugin,) = load_plugins(config, types=["sink"])
+    stop = threading.Event()
+    stage = SinkStage(client, config, plugin, stop)
+    loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
+    real_execute = redis.client.Pipeline.execute
+    calls = {"n": 0}
+
+    def drop_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3 and stage.buffer:  # entries read and buffered, not yet flushed
+            raise redis.ConnectionError("connection reset by peer")
+        return real_execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", drop_once)
+    worker = threading.Thread(target=loop.run, args=(stop,))
+    worker.start()
+    try:
+        wait_for(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 20, 15, "delivery")
+        wait_for(
+            lambda: client.xpending(config.keys.filtered, stage.group)["pending"] == 0,
+            10,
+            "acknowledgements",
+        )
+    finally:
+        stop.set()
+        worker.join(10)
+        plugin.shutdown()
+        client.close()
+    assert calls["n"] > 3, "the connection was dropped once"
+    numbers = [orjson.loads(line)["n"] for line in out.read_bytes().splitlines()]
+    assert sorted(numbers) == list(range(20)), "each entry delivered exactly once"
