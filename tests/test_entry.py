@@ -8,7 +8,14 @@ import pickle
 import orjson
 import pytest
 
-from pipeline.entry import Entry, decode, normalise_level, original_json, timestamp_from_id
+from pipeline.entry import (
+    Entry,
+    decode,
+    decode_forwarded,
+    normalise_level,
+    original_json,
+    timestamp_from_id,
+)
 from pipeline.errors import MalformedEntry
 
 ID = b"1714478400123-0"  # 2024-04-30T12:00:00.123Z
@@ -166,3 +173,21 @@ def test_forwarded_json_is_the_normalised_entry(raw: bytes) -> None:
     assert orjson.loads(payload) == entry
     assert {"level", "module", "timestamp"} <= set(orjson.loads(payload))
     assert payload.count(b'"level"') == 1 and payload.count(b'"timestamp"') == 1, "no key twice"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {b"entry": b'{"level":"INFO","module":"","message":"m","timestamp":"t","x":1}'},
+        {b"entry": b'{"level":"warning","message":"m"}'},
+        {b"level": b"error", b"message": b"flat"},
+        {b"entry": b'{"level":"INFO","module":"","lang_key":"a.b","timestamp":"t"}'},
+    ],
+)
+def test_decode_forwarded_equals_decode(fields: dict[bytes, bytes]) -> None:
+    assert decode_forwarded(ID, fields, LIMIT) == decode(ID, fields, LIMIT)
+
+
+def test_decode_forwarded_still_rejects_what_decode_rejects() -> None:
+    with pytest.raises(MalformedEntry, match="bad JSON"):
+        decode_forwarded(ID, {b"entry": b"{nope"}, LIMIT)

@@ -19,7 +19,7 @@ import redis
 
 from pipeline import dlq
 from pipeline.config import Config
-from pipeline.entry import Entry, decode, original_json
+from pipeline.entry import Entry, decode_forwarded, original_json
 from pipeline.errors import MalformedEntry
 from pipeline.metrics import (
     BATCH_SIZE,
@@ -78,7 +78,7 @@ class SinkStage:
         bad: list[tuple[Message, str]] = []
         for message_id, fields in messages:
             try:
-                entry, payload = decode(message_id, fields, self.max_entry_bytes)
+                entry, payload = decode_forwarded(message_id, fields, self.max_entry_bytes)
             except MalformedEntry as exc:
                 bad.append(((message_id, fields), f"undecodable entry on {stream}: {exc}"))
                 continue
