@@ -19,10 +19,18 @@ LAG_COUNT_LIMIT = 10_000
 
 
 def connect(url: str) -> redis.Redis:
-    """A client that returns bytes (the codec decodes once) and retries a dropped connection."""
-    return redis.Redis.from_url(
+    """A client for the stages: bytes, not str (the codec decodes once), and XREADGROUP replies
+    left as Redis sends them for :func:`parse_read`, which builds each entry's fields more
+    cheaply than redis-py's generic parser (about a microsecond an entry, on the hot path)."""
+    client = redis.Redis.from_url(
         url, decode_responses=False, health_check_interval=30, socket_keepalive=True
     )
+    client.set_response_callback("XREADGROUP", _unparsed)
+    return client
+
+
+def _unparsed(response: Any, **_options: Any) -> Any:
+    return response
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
@@ -50,14 +58,23 @@ def queue_read(
 
 
 def parse_read(reply: Any) -> list[tuple[str, list[Message]]]:
-    """``[(stream, [(id, fields), ...]), ...]`` from an XREADGROUP reply; [] on timeout."""
+    """``[(stream, [(id, fields), ...]), ...]`` from a raw XREADGROUP reply; [] on timeout.
+
+    An entry deleted while pending comes with no fields: ``{}``.
+    """
     if not reply:
         return []
-    if isinstance(reply, dict):  # RESP3
-        return [
-            (text(stream), cast(list[Message], messages[0])) for stream, messages in reply.items()
-        ]
-    return [(text(stream), cast(list[Message], messages)) for stream, messages in reply]
+    pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 or RESP2
+    return [(text(stream), [_message(m) for m in messages]) for stream, messages in pairs]
+
+
+def _message(raw: list[Any]) -> Message:
+    message_id, flat = raw
+    if not flat:
+        return message_id, {}
+    if len(flat) == 2:  # the common case: one field, `entry`
+        return message_id, {flat[0]: flat[1]}
+    return message_id, dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 # A whole batch in one command: redis-py spends far more time packing and parsing one command
