@@ -237,7 +237,7 @@ def filter_worker(bench: Bench, workload: Workload) -> float:
     if [plugin.name for plugin in filters] != ["log_filter_severity"]:
         raise BenchmarkError("log_filter_severity did not load")
     last_id = load_stream(client, config.keys.ingest, workload.payloads)
-    stage = FilterStage(client, config, filters)
+    stage = FilterStage(config, filters)
     loop = StageLoop(client, stage, config.stages, config.stages.batch_size)
     started = time.perf_counter()
     loop.ensure_groups()
@@ -387,7 +387,7 @@ def sink_stage(bench: Bench, workload: Workload) -> float:
         raise BenchmarkError("sink_jsonl did not load")
     (plugin,) = sinks
     last_id = load_stream(client, config.keys.filtered, workload.forwarded)
-    stage = SinkStage(client, config, plugin, threading.Event())
+    stage = SinkStage(config, plugin, threading.Event())
     loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
     started = time.perf_counter()
     loop.ensure_groups()

@@ -83,7 +83,7 @@ def test_a_sink_delivers_each_entry_once_after_a_lost_connection(
         client.xadd(config.keys.filtered, {"entry": orjson.dumps({"message": f"m{n}", "n": n})})
     (plugin,) = load_plugins(config, types=["sink"])
     stop = threading.Event()
-    stage = SinkStage(client, config, plugin, stop)
+    stage = SinkStage(config, plugin, stop)
     loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
     real_execute = redis.client.Pipeline.execute
     calls = {"n": 0}

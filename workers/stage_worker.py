@@ -73,7 +73,7 @@ def run_worker(
                 log.warning("Filter worker: no filter plugin loaded; every entry passes")
             loop = StageLoop(
                 client,
-                FilterStage(client, config, plugins),
+                FilterStage(config, plugins),
                 config.stages,
                 config.stages.batch_size,
             )
@@ -113,7 +113,7 @@ def _run_sinks(
 
     threads = []
     for sink in sinks:
-        stage = SinkStage(client, config, sink, stop)
+        stage = SinkStage(config, sink, stop)
         loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
         threads.append(threading.Thread(target=run_one, args=(loop,), name=stage.name))
     log.info(

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-import redis
 from redis.typing import EncodableT, FieldT
 
 from pipeline import dlq
@@ -40,8 +39,7 @@ class FilterStage:
     name = "filter"
     group = FILTER_GROUP
 
-    def __init__(self, client: redis.Redis, config: Config, filters: Sequence[Plugin]) -> None:
-        self.client = client
+    def __init__(self, config: Config, filters: Sequence[Plugin]) -> None:
         self.keys = config.keys
         self.streams: tuple[str, ...] = (self.keys.ingest,)
         self.filters = list(filters)

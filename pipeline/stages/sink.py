@@ -15,8 +15,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import redis
-
 from pipeline import dlq
 from pipeline.config import Config
 from pipeline.entry import Entry, decode_forwarded, original_json
@@ -54,11 +52,8 @@ def delivery_error(result: object) -> str | None:
 
 
 class SinkStage:
-    def __init__(
-        self, client: redis.Redis, config: Config, plugin: Plugin, stop: threading.Event
-    ) -> None:
+    def __init__(self, config: Config, plugin: Plugin, stop: threading.Event) -> None:
         keys = config.keys
-        self.client = client
         self.plugin = plugin
         self.stop = stop
         self.keys = keys
