@@ -162,6 +162,20 @@ def claim(
     return [m for m in reply if m and m[0] is not None and m[1] is not None]
 
 
+def forget_idle_consumers(
+    client: redis.Redis, stream: str, group: str, min_idle_ms: int, exclude: str
+) -> int:
+    """Remove consumers with nothing pending, idle past ``min_idle_ms`` (stopped workers, whose
+    names are never reused); returns how many."""
+    removed = 0
+    for consumer in client.xinfo_consumers(stream, group):
+        name = text(consumer["name"])
+        if name != exclude and not consumer["pending"] and consumer["idle"] > min_idle_ms:
+            client.xgroup_delconsumer(stream, group, name)  # replies its pending count: 0
+            removed += 1
+    return removed
+
+
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ from pipeline.config import parse_config
 from pipeline.discovery import load_plugins
 from pipeline.stages.runner import StageLoop, consumer_name
 from pipeline.stages.sink import SinkStage
-from pipeline.streams import connect, ensure_group, forward_and_ack, trim_acknowledged
+from pipeline.streams import (
+    connect,
+    ensure_group,
+    forget_idle_consumers,
+    forward_and_ack,
+    trim_acknowledged,
+)
 
 
 def test_forward_and_ack_writes_letters_forwards_and_acks_atomically(client: redis.Redis) -> None:
@@ -112,3 +119,21 @@ def test_a_sink_delivers_each_entry_once_after_a_lost_connection(
     assert calls["n"] > 3, "the connection was dropped once"
     numbers = [orjson.loads(line)["n"] for line in out.read_bytes().splitlines()]
     assert sorted(numbers) == list(range(20)), "each entry delivered exactly once"
+
+
+def test_stopped_consumers_with_nothing_pending_are_forgotten(client: redis.Redis) -> None:
+    ensure_group(client, "s", "g")
+    for n in range(3):
+        client.xadd("s", {"n": n})
+    client.xreadgroup("g", "done", {"s": ">"}, count=1)
+    client.xack("s", "g", client.xrange("s", count=1)[0][0])
+    client.xreadgroup("g", "busy", {"s": ">"}, count=1)
+    client.xreadgroup("g", "me", {"s": ">"}, count=1)
+    client.xack("s", "g", *(m for m, _ in client.xrange("s")))
+    client.xreadgroup("g", "busy", {"s": ">"})  # nothing new; busy keeps nothing pending either
+    client.xadd("s", {"n": 3})
+    client.xreadgroup("g", "busy", {"s": ">"})
+    time.sleep(0.05)
+    assert forget_idle_consumers(client, "s", "g", 10, exclude="me") == 1
+    names = {c["name"] for c in client.xinfo_consumers("s", "g")}
+    assert names == {b"busy", b"me"}, "kept: one with pending entries, and ourselves"

@@ -276,6 +276,10 @@ class StageLoop:
                     self._handle_reclaimed(stream, self._claim(stream, fresh))
                 if len(idle) < self.batch_size:
                     break
+            streams.forget_idle_consumers(
+                self.client, stream, self.stage.group, 10 * self.settings.claim_idle_ms,
+                exclude=self.consumer,
+            )  # fmt: skip
 
     def _claim(self, stream: str, ids: list[bytes]) -> list[Message]:
         return streams.claim(
