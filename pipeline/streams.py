@@ -162,17 +162,35 @@ def claim(
     return [m for m in reply if m and m[0] is not None and m[1] is not None]
 
 
+# Check and delete in one atomic step: a consumer that reads entries between a separate check
+# and XGROUP DELCONSUMER would lose them from the pending list.
+FORGET_IF_IDLE = """
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #consumer, 2 do info[consumer[i]] = consumer[i + 1] end
+  if info['name'] == ARGV[2] then
+    if info['pending'] == 0 and info['idle'] > tonumber(ARGV[3]) then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+      return 1
+    end
+    return 0
+  end
+end
+return 0
+"""
+
+
 def forget_idle_consumers(
     client: redis.Redis, stream: str, group: str, min_idle_ms: int, exclude: str
 ) -> int:
     """Remove consumers with nothing pending, idle past ``min_idle_ms`` (stopped workers, whose
-    names are never reused); returns how many."""
+    names are never reused; a live one idle that long is simply created again by its next
+    read); returns how many."""
     removed = 0
     for consumer in client.xinfo_consumers(stream, group):
         name = text(consumer["name"])
         if name != exclude and not consumer["pending"] and consumer["idle"] > min_idle_ms:
-            client.xgroup_delconsumer(stream, group, name)  # replies its pending count: 0
-            removed += 1
+            removed += int(client.eval(FORGET_IF_IDLE, 1, stream, group, name, min_idle_ms))
     return removed
 
 
