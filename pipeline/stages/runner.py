@@ -1,10 +1,10 @@
 """The loop every stage runs: read a batch from its consumer group, hand it over, repeat.
 
-Around that loop: entries a dead worker left pending are reclaimed (XAUTOCLAIM) after
+Around that loop: entries a dead worker left pending are reclaimed (XPENDING + XCLAIM) after
 ``stages.claim_idle_ms``, and one that has killed ``stages.max_deliveries`` workers goes to the
-DLQ instead of killing more; acknowledged entries are trimmed; a lost Redis connection is waited
-out with backoff and one log line, and lost groups (a Redis restart without persistence) are
-created again. Nothing is acknowledged here: stages acknowledge what the next stage has.
+DLQ instead of killing more; acknowledged entries are trimmed; a lost or refusing Redis is
+waited out with backoff and one log line, and lost groups (a Redis restart without persistence)
+are created again. Stages queue their writes; the loop sends them with its next read.
 """
 
 from __future__ import annotations
