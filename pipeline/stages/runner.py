@@ -119,37 +119,25 @@ class StageLoop:
                 try:
                     self.step()
                     backoff = 0.5
+                    continue
                 except REDIS_DOWN_ERRORS as exc:
-                    self._lost_batch()
-                    log.error(
-                        "Stage %s: Redis unavailable (%s); retrying in %.1fs",
-                        self.stage.name, exc, backoff,
-                    )  # fmt: skip
-                    stop.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    cause = f"Redis unavailable ({exc})"
                 except redis.ResponseError as exc:
-                    if isinstance(exc, REFUSALS_TO_WAIT_OUT) or str(exc).startswith(
+                    if "NOGROUP" in str(exc):
+                        self._lost_batch()
+                        log.warning("Stage %s: consumer group gone (%s); creating it again",
+                                    self.stage.name, exc)  # fmt: skip
+                        self.ensure_groups()
+                        continue
+                    if not isinstance(exc, REFUSALS_TO_WAIT_OUT) and not str(exc).startswith(
                         REFUSAL_PREFIXES
                     ):
-                        self._lost_batch()
-                        log.error(
-                            "Stage %s: Redis refused (%s: %s); retrying in %.1fs",
-                            self.stage.name,
-                            type(exc).__name__,
-                            exc,
-                            backoff,
-                        )
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, 10.0)
-                        continue
-                    if "NOGROUP" not in str(exc):
                         raise
-                    self._lost_batch()
-                    log.warning(
-                        "Stage %s: consumer group gone (%s); creating it again",
-                        self.stage.name, exc,
-                    )  # fmt: skip
-                    self.ensure_groups()
+                    cause = f"Redis refused ({type(exc).__name__}: {exc})"
+                self._lost_batch()
+                log.error("Stage %s: %s; retrying in %.1fs", self.stage.name, cause, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
         finally:
             try:
                 self.finish()
@@ -170,15 +158,18 @@ class StageLoop:
         self.stage.reset()
         self._own_cursor = dict.fromkeys(self.stage.streams, "0")
 
+    def _pipeline_with_outbox(self) -> redis.client.Pipeline:
+        """A pipeline holding the stage's queued writes, which leave the outbox."""
+        pipe = self.client.pipeline(transaction=False)
+        for command in self.stage.outbox:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        self.stage.outbox.clear()
+        return pipe
+
     def _send_outbox(self) -> None:
         """Send the stage's queued writes now, in one round trip (reclaims, the last batch)."""
-        commands = self.stage.outbox
-        if commands:
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-            pipe.execute()
-            commands.clear()
+        if self.stage.outbox:
+            self._pipeline_with_outbox().execute()
 
     def step(self) -> None:
         now = time.monotonic()
@@ -191,9 +182,7 @@ class StageLoop:
             for stream in self.stage.streams:
                 streams.trim_acknowledged(self.client, stream)
             self._next_trim = now + self.settings.trim_interval_s
-        pipe = self.client.pipeline(transaction=False)
-        for command in self.stage.outbox:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        pipe = self._pipeline_with_outbox()
         own = self._own_cursor
         streams.queue_read(
             pipe,
@@ -203,9 +192,7 @@ class StageLoop:
             self.batch_size,
             None if own else self.stage.wait_ms(self.settings.block_ms),
         )
-        replies = pipe.execute(raise_on_error=False)
-        self.stage.outbox.clear()
-        *written, read = replies
+        *written, read = pipe.execute(raise_on_error=False)
         failed = [reply for reply in written if isinstance(reply, Exception)]
         if isinstance(read, Exception):
             raise read
