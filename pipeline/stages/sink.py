@@ -165,17 +165,8 @@ class SinkStage:
 
     def _dead_letter(self, failed: list[tuple[Buffered, str]], attempts: int) -> None:
         for stream in self.streams:
-            letters = [
-                (self.keys.dlq("sink"), dlq.letter(
-                    one.payload, error=error, plugin=self.plugin.name, stage="sink",
-                    attempts=attempts, source_stream=one.stream, source_id=one.id,
-                    replay_to=self.keys.sink_replay(self.plugin.name)))
-                for one, error in failed
-                if one.stream == stream
-            ]  # fmt: skip
-            if letters:
-                ids = [one.id for one, _ in failed if one.stream == stream]
-                self.outbox.append(forward_and_ack(stream, self.group, ids, stream, [], letters))
+            rows = [(one.id, one.payload, error) for one, error in failed if one.stream == stream]
+            self._queue_letters(stream, rows, attempts)
         DEAD_LETTERS.labels("sink", self.plugin.name).inc(len(failed))
         log.error(
             "Sink '%s': %d entries sent to %s after %d attempts: %s",
@@ -183,17 +174,26 @@ class SinkStage:
         )  # fmt: skip
 
     def reject(self, stream: str, messages: list[Message], error: str) -> None:
-        letters = [
-            (self.keys.dlq("sink"), dlq.letter(
-                original_json(fields), error=error, plugin=self.plugin.name, stage="sink",
-                attempts=0, source_stream=stream, source_id=message_id,
-                replay_to=self.keys.sink_replay(self.plugin.name)))
-            for message_id, fields in messages
-        ]  # fmt: skip
-        ids = [message_id for message_id, _ in messages]
-        self.outbox.append(forward_and_ack(stream, self.group, ids, stream, [], letters))
+        rows = [(message_id, original_json(fields), error) for message_id, fields in messages]
+        self._queue_letters(stream, rows, 0)
         DEAD_LETTERS.labels("sink", self.plugin.name).inc(len(messages))
         log.error(
             "Sink '%s': %d entries sent to %s: %s",
             self.plugin.name, len(messages), self.keys.dlq("sink"), error,
         )  # fmt: skip
+
+    def _queue_letters(
+        self, stream: str, rows: list[tuple[bytes, bytes, str]], attempts: int
+    ) -> None:
+        """Queue dead letters for ``(id, entry json, error)`` rows of ``stream`` and their ack."""
+        if not rows:
+            return
+        letters = [
+            (self.keys.dlq("sink"), dlq.letter(
+                payload, error=error, plugin=self.plugin.name, stage="sink", attempts=attempts,
+                source_stream=stream, source_id=entry_id,
+                replay_to=self.keys.sink_replay(self.plugin.name)))
+            for entry_id, payload, error in rows
+        ]  # fmt: skip
+        ids = [entry_id for entry_id, _, _ in rows]
+        self.outbox.append(forward_and_ack(stream, self.group, ids, stream, [], letters))
