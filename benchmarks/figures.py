@@ -163,6 +163,15 @@ def read_all(client: redis.Redis, stream: str, group: str, last_id: bytes) -> bo
     return as_bytes(group_info(client, stream, group)["last-delivered-id"]) == last_id
 
 
+def time_stage(loop: StageLoop, done: Callable[[], bool], entries: int) -> float:
+    """Seconds to create the groups, step until ``done()`` and finish (flush, last writes)."""
+    started = time.perf_counter()
+    loop.ensure_groups()
+    run_steps(loop, done, entries, loop.batch_size)
+    loop.finish()
+    return time.perf_counter() - started
+
+
 def run_steps(loop: StageLoop, done: Callable[[], bool], entries: int, batch: int) -> int:
     """``loop.step()`` until ``done()``; checked every CHECK_EVERY steps, then every step
     once the last batch may have been read (so no empty, blocking steps are timed)."""
@@ -238,16 +247,11 @@ def filter_worker(bench: Bench, workload: Workload) -> float:
         raise BenchmarkError("log_filter_severity did not load")
     last_id = load_stream(client, config.keys.ingest, workload.payloads)
     stage = FilterStage(config, filters)
-    loop = StageLoop(client, stage, config.stages, config.stages.batch_size)
-    started = time.perf_counter()
-    loop.ensure_groups()
-    run_steps(
-        loop,
+    elapsed = time_stage(
+        StageLoop(client, stage, config.stages, config.stages.batch_size),
         lambda: drained(client, config.keys.ingest, stage.group, last_id),
         workload.count,
-        config.stages.batch_size,
     )
-    elapsed = time.perf_counter() - started
     for plugin in filters:
         plugin.shutdown()
     check_filtered(client, config.keys.filtered, workload, "logloom filter worker")
@@ -388,17 +392,11 @@ def sink_stage(bench: Bench, workload: Workload) -> float:
     (plugin,) = sinks
     last_id = load_stream(client, config.keys.filtered, workload.forwarded)
     stage = SinkStage(config, plugin, threading.Event())
-    loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
-    started = time.perf_counter()
-    loop.ensure_groups()
-    run_steps(
-        loop,
+    elapsed = time_stage(
+        StageLoop(client, stage, config.stages, config.sink.batch_size),
         lambda: read_all(client, config.keys.filtered, stage.group, last_id),
         workload.count,
-        config.sink.batch_size,
     )
-    loop.finish()
-    elapsed = time.perf_counter() - started
     plugin.shutdown()
     pending = int(group_info(client, config.keys.filtered, stage.group)["pending"])
     if pending:
