@@ -9,7 +9,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: up test lint bench
+C_PLUGINS := $(patsubst %.c,%.so,$(wildcard plugins/c/*.c))
+
+.PHONY: up test lint bench plugins test-plugins
 up: $(BIN)/.installed
 	$(BIN)/logloom up --demo
 
@@ -20,6 +22,15 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+# The bundled C plugins, built against the header the package ships.
+plugins: $(C_PLUGINS)
+plugins/c/%.so: plugins/c/%.c pipeline/include/logloom_plugin.h
+	$(CC) -Ipipeline/include -shared -fPIC -O2 -Wall -Wextra -o $@ $<
+
+# The plugin tests of design §8.3: every runtime through the real pipeline, failures included.
+test-plugins: $(BIN)/.installed
+	$(BIN)/pytest -m plugins
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks

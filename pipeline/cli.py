@@ -15,13 +15,14 @@ import redis
 
 from pipeline import dlq
 from pipeline.config import Config, load_config
-from pipeline.discovery import find_candidates, load_plugins
+from pipeline.discovery import find_candidates, load_plugins, plugin_config
 from pipeline.embedded import resolve_url
 from pipeline.errors import ConfigError, LogloomError, PluginLoadError
 from pipeline.keys import DLQ_STAGES
 from pipeline.log import setup_logging
 from pipeline.producer import Producer
-from pipeline.runtimes.python import import_plugin_module, module_info
+from pipeline.runtimes import open_plugin_file
+from pipeline.runtimes.c import HEADER_DIR
 from pipeline.status import collect, render, table
 from pipeline.streams import connect
 
@@ -113,6 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     plugin_commands.add_parser("list", help="every plugin found, enabled or not")
     plugin_commands.add_parser("validate", help="load every enabled plugin; exit 2 on failure")
+    run = plugin_commands.add_parser(
+        "run", help="serve one plugin over the subprocess protocol on stdin/stdout"
+    )
+    run.add_argument("path", help="a Python plugin (.py or package) or a C plugin (.so)")
+    plugin_commands.add_parser("cflags", help="compiler flags that find logloom_plugin.h")
 
     commands.add_parser("demo", help="produce demo logs until stopped (used by `up --demo`)")
     return parser
@@ -154,6 +160,13 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from workers.demo import run_demo
 
         return run_demo(config)
+    if args.command == "plugins" and args.plugins_command == "run":
+        from pipeline.runtimes.host import main as host_main
+
+        return host_main([args.path])
+    if args.command == "plugins" and args.plugins_command == "cflags":
+        print(f"-I{HEADER_DIR}")
+        return 0
     if (
         args.command in ("validate", "plugins")
         and getattr(args, "plugins_command", "validate") == "validate"
@@ -196,7 +209,7 @@ def _plugins_list(config: Config) -> int:
     rows = []
     for name, candidate in sorted(find_candidates(config).items()):
         try:
-            info = module_info(import_plugin_module(candidate.path), str(candidate.path))
+            info = open_plugin_file(candidate.path, plugin_config(candidate, config)).info
             kind, version = info.type, info.version
         except PluginLoadError as exc:
             kind, version = "?", f"invalid: {exc}"

@@ -87,10 +87,37 @@ class PythonPluginsConfig:
 
 
 @dataclass
+class CircuitConfig:
+    failures: int = 5
+    cooldown_s: float = 10.0
+
+
+@dataclass
+class PluginSettings:
+    """How Logloom runs one plugin (``plugins.settings.<name>``), not the plugin's own config."""
+
+    mode: Literal["inprocess", "isolated"] | None = None
+    timeout_ms: int | None = None
+    on_failure: Literal["dlq", "pass"] = "dlq"
+    p99_budget_ms: float | None = None
+    circuit: CircuitConfig = field(default_factory=CircuitConfig)
+
+
+@dataclass
+class ServiceConfig:
+    address: str = ""
+    type: Literal["filter", "sink", "ai", "lang"] = "filter"
+    timeout_ms: int = 500
+    connect_timeout_ms: int = 2000
+
+
+@dataclass
 class PluginsConfig:
     enabled: list[str] = field(default_factory=lambda: ["log_filter_severity", "sink_jsonl"])
     paths: list[str] = field(default_factory=list)
     config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    settings: dict[str, PluginSettings] = field(default_factory=dict)
+    services: dict[str, ServiceConfig] = field(default_factory=dict)
     python: PythonPluginsConfig = field(default_factory=PythonPluginsConfig)
 
 
@@ -214,6 +241,9 @@ def _check_values(config: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{config.source}: {key}: must be at least 1, got {value}")
+    for name, service in config.plugins.services.items():
+        if not service.address:
+            raise ConfigError(f"{config.source}: plugins.services.{name}.address: required")
     if not config.redis.prefix or ":" in config.redis.prefix:
         raise ConfigError(f"{config.source}: redis.prefix: must be non-empty without ':'")
 

@@ -20,10 +20,14 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import Config
+from pipeline.config import Config, PluginSettings
 from pipeline.errors import PluginLoadError
+from pipeline.health import GuardedPlugin
 from pipeline.plugin import Plugin
-from pipeline.runtimes.python import load_python_plugin
+from pipeline.runtimes import c as c_runtime
+from pipeline.runtimes import is_plugin_file, open_plugin_file
+from pipeline.runtimes.process import host_command, load_in_child
+from pipeline.runtimes.service import connect_service
 
 log = logging.getLogger("logloom.plugins")
 
@@ -31,6 +35,7 @@ SYSTEM_PLUGIN_DIR = Path("/usr/lib/logloom/plugins")
 # Installed beside this package (site-packages/plugins/python, or the checkout's plugins/python).
 # Found by path, not by importing ``plugins``, which a user's own directory of that name shadows.
 BUNDLED_PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins" / "python"
+BUNDLED_C_PLUGIN_DIR = BUNDLED_PLUGIN_DIR.parent / "c"  # the .so files `make plugins` builds
 ENTRY_POINT_GROUP = "logloom.plugins"
 
 
@@ -53,7 +58,12 @@ def plugin_dirs(config: Config) -> list[Path]:
     dirs = [Path(p) for p in config.plugins.paths]
     if config.plugins.python.path:
         dirs.append(Path(config.plugins.python.path))
-    dirs += [BUNDLED_PLUGIN_DIR, SYSTEM_PLUGIN_DIR, SYSTEM_PLUGIN_DIR / "python"]
+    dirs += [
+        BUNDLED_PLUGIN_DIR,
+        BUNDLED_C_PLUGIN_DIR,
+        SYSTEM_PLUGIN_DIR,
+        SYSTEM_PLUGIN_DIR / "python",
+    ]
     return list(dict.fromkeys(dirs))
 
 
@@ -65,8 +75,8 @@ def scan(dirs: Iterable[Path]) -> Iterator[Candidate]:
         for path in sorted(directory.iterdir()):
             if path.name.startswith(("_", ".")):
                 continue
-            if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").is_file()):
-                yield Candidate(path.stem, path)
+            if is_plugin_file(path):
+                yield Candidate(name_of(path), path)
 
 
 def entry_point_candidates() -> Iterator[Candidate]:
@@ -80,6 +90,11 @@ def entry_point_candidates() -> Iterator[Candidate]:
             continue
         origin = Path(spec.origin)
         yield Candidate(point.name, origin.parent if origin.name == "__init__.py" else origin)
+
+
+def name_of(path: Path) -> str:
+    """The name a plugin is enabled by: the file name without suffix, ``lib`` dropped for C."""
+    return c_runtime.name_from_file(path) if c_runtime.is_c_plugin(path) else path.stem
 
 
 def find_candidates(config: Config) -> dict[str, Candidate]:
@@ -105,18 +120,50 @@ def plugin_config(candidate: Candidate, config: Config) -> dict[str, Any]:
     return settings
 
 
+def run_mode(candidate: Candidate, config: Config, settings: PluginSettings) -> str:
+    """``inprocess`` or ``isolated``: the plugin's own setting, else ``plugins.python.mode``
+    for Python plugins (``subprocess`` is isolated), else in process."""
+    if settings.mode is not None:
+        return settings.mode
+    is_python = not c_runtime.is_c_plugin(candidate.path)
+    return "isolated" if is_python and config.plugins.python.mode == "subprocess" else "inprocess"
+
+
+def timeout_ms(config: Config, settings: PluginSettings) -> int:
+    return settings.timeout_ms or config.plugins.python.timeout
+
+
 def load_candidate(
     candidate: Candidate, config: Config, types: Collection[str] | None = None
 ) -> Plugin | None:
-    """Load one candidate with the runtime its file calls for; None if not of ``types``."""
-    if candidate.path.suffix == ".py" or candidate.path.is_dir():
-        return load_python_plugin(candidate.path, plugin_config(candidate, config), types)
-    raise PluginLoadError(f"no runtime for '{candidate.path.suffix}' files")
+    """Load one candidate with the runtime its file and settings call for; None if not of
+    ``types``."""
+    settings = config.plugins.settings.get(candidate.name, PluginSettings())
+    plugin_settings = plugin_config(candidate, config)
+    if run_mode(candidate, config, settings) == "isolated":
+        runtime = "c-isolated" if c_runtime.is_c_plugin(candidate.path) else "python-subprocess"
+        return load_in_child(
+            host_command(candidate.path),
+            str(candidate.path),
+            runtime,
+            plugin_settings,
+            timeout_ms(config, settings),
+            types,
+        )
+    opened = open_plugin_file(candidate.path, plugin_settings)
+    if types is not None and opened.info.type not in types:
+        return None
+    return opened.start(plugin_settings)
+
+
+def load_service(name: str, config: Config, types: Collection[str] | None) -> Plugin | None:
+    service = config.plugins.services[name]
+    return connect_service(name, service, config.plugins.config.get(name, {}), types)
 
 
 def load_plugins(
     config: Config, types: Iterable[str] | None = None, failures: list[str] | None = None
-) -> list[Plugin]:
+) -> list[GuardedPlugin]:
     """Every enabled plugin that loads, in chain order; each failure is one [WARN] line.
 
     ``types`` keeps only plugins of those types (a filter worker needs no sinks); ``failures``,
@@ -125,8 +172,14 @@ def load_plugins(
     failures = [] if failures is None else failures
     wanted = set(types) if types is not None else None
     candidates = find_candidates(config)
-    loaded: list[Plugin] = []
+    loaded: list[GuardedPlugin] = []
     for name in config.enabled_plugins():
+        settings = config.plugins.settings.get(name, PluginSettings())
+        if name in config.plugins.services:
+            service = load_service(name, config, wanted)
+            if service is not None:
+                loaded.append(GuardedPlugin(service, settings, timeout_ms(config, settings)))
+            continue
         candidate = candidates.get(name)
         if candidate is None:
             where = ", ".join(str(d) for d in plugin_dirs(config))
@@ -140,5 +193,5 @@ def load_plugins(
             log.warning("%s", failures[-1])
             continue
         if plugin is not None:
-            loaded.append(plugin)
+            loaded.append(GuardedPlugin(plugin, settings, timeout_ms(config, settings)))
     return loaded

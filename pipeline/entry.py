@@ -54,13 +54,30 @@ class Entry(dict[str, Any]):
     never reaches the next stage.
     """
 
-    __slots__ = ()
+    __slots__ = ("_json",)
+    _json: bytes
     __setitem__ = __delitem__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
     __ior__ = _read_only
 
+    def to_json(self) -> bytes:
+        """The entry as JSON: the bytes it was decoded from when there are some (no re-encoding
+        for plugins in other processes or languages), else freshly encoded."""
+        try:
+            return self._json
+        except AttributeError:
+            self._json = orjson.dumps(self)
+            return self._json
+
     def __reduce__(self) -> tuple[type[Entry], tuple[dict[str, Any]]]:
         return Entry, (dict(self),)
+
+
+def with_json(obj: dict[str, Any], raw: bytes) -> Entry:
+    """An Entry of ``obj`` that remembers ``raw``, the JSON it is the decoding of."""
+    entry = Entry(obj)
+    entry._json = raw
+    return entry
 
 
 def normalise_level(level: object) -> str:
@@ -158,7 +175,7 @@ def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> t
             # Cheaper than re-encoding: the object's closing brace becomes the added fields'.
             # They were missing, so no key repeats. The object has at least message or lang_key.
             raw = raw.rstrip()[:-1] + b"," + orjson.dumps(added)[1:]
-        return Entry(obj), raw
+        return with_json(obj, raw), raw
     size = sum(len(key) + len(value) for key, value in fields.items())
     if size > max_bytes:
         raise MalformedEntry(f"entry is {size} bytes, over the {max_bytes}-byte limit")
@@ -167,7 +184,8 @@ def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> t
     except UnicodeDecodeError as exc:
         raise MalformedEntry(f"flat fields are not UTF-8: {exc}") from None
     normalise(obj, stream_id)
-    return Entry(obj), orjson.dumps(obj)
+    raw = orjson.dumps(obj)
+    return with_json(obj, raw), raw
 
 
 def decode_forwarded(
@@ -189,7 +207,7 @@ def decode_forwarded(
             and type(obj.get("module")) is str
             and (type(obj.get("message")) is str or type(obj.get("lang_key")) is str)
         ):
-            return Entry(obj), raw
+            return with_json(obj, raw), raw
     return decode(stream_id, fields, max_bytes)
 
 

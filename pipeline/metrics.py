@@ -53,6 +53,14 @@ BATCH_SIZE = Histogram(
 SINK_RETRIES = Counter(
     "logloom_sink_retries_total", "Flush attempts a sink needed beyond the first", ["plugin"]
 )
+PLUGIN_RESTARTS = Counter(
+    "logloom_plugin_restarts_total",
+    "Times a plugin's host process or service connection was opened again",
+    ["plugin", "runtime"],
+)
+CIRCUIT_OPEN = Counter(
+    "logloom_plugin_circuit_opened_total", "Times a plugin's circuit breaker opened", ["plugin"]
+)
 RECLAIMED = Counter(
     "logloom_entries_reclaimed_total", "Entries taken over from a dead worker", ["stage"]
 )

@@ -53,9 +53,18 @@ class PluginInfo:
 class Plugin(Protocol):
     """A loaded, initialised plugin. ``call_batch`` never raises for the plugin's own faults."""
 
-    info: PluginInfo
-    origin: str
-    runtime: str
+    @property
+    def info(self) -> PluginInfo: ...
+
+    @property
+    def origin(self) -> str:
+        """Where it came from: a file, or a service's address."""
+        ...
+
+    @property
+    def runtime(self) -> str:
+        """``python``, ``c``, ``python-subprocess``, ``c-isolated`` or ``service``."""
+        ...
 
     @property
     def name(self) -> str: ...

@@ -81,7 +81,7 @@ def test_jsonl_sink_rotates_by_size_and_keeps_backups(tmp_path: Path) -> None:
 
 def test_jsonl_sink_failure_is_reported_for_the_whole_batch(tmp_path: Path) -> None:
     plugin = load("sink_jsonl", path=str(tmp_path / "out.jsonl"))
-    plugin.module.state["file"].close()  # type: ignore[attr-defined]
+    plugin.plugin.module.state["file"].close()  # type: ignore[attr-defined]
     results = plugin.call_batch(entries(3))
     assert len(results) == 3 and all("closed file" in r.error for r in results)
 

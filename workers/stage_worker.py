@@ -95,7 +95,7 @@ def run_worker(
 
 
 def _run_sinks(
-    config: Config, client: redis.Redis, sinks: list[Plugin], stop: threading.Event
+    config: Config, client: redis.Redis, sinks: Sequence[Plugin], stop: threading.Event
 ) -> int:
     """One thread per sink, each with its own group and buffer; exit 1 if one of them crashed."""
     if not sinks:

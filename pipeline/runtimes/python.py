@@ -139,6 +139,25 @@ class PythonPlugin:
             shutdown()
 
 
+def open_python_plugin(path: Path) -> tuple[ModuleType, PluginInfo]:
+    """Import and validate a plugin without initialising it; PluginLoadError says what is wrong."""
+    module = import_plugin_module(path)
+    info = module_info(module, str(path))
+    if not any(callable(getattr(module, hook, None)) for hook in PROCESS_HOOKS[info.type]):
+        raise PluginLoadError("missing plugin_process()")
+    for required in ("plugin_init", "plugin_shutdown"):
+        if not callable(getattr(module, required, None)):
+            raise PluginLoadError(f"missing {required}()")
+    return module, info
+
+
+def start_python_plugin(
+    module: ModuleType, info: PluginInfo, origin: str, config: Mapping[str, Any]
+) -> PythonPlugin:
+    _initialise(module, config)
+    return PythonPlugin(module, info, origin)
+
+
 def load_python_plugin(
     path: Path, config: Mapping[str, Any], types: Collection[str] | None = None
 ) -> PythonPlugin | None:
@@ -146,16 +165,7 @@ def load_python_plugin(
 
     A valid plugin whose type is not in ``types`` is not initialised: None.
     """
-    module = import_plugin_module(path)
-    origin = str(path)
-    info = module_info(module, origin)
-    hooks = PROCESS_HOOKS[info.type]
-    if not any(callable(getattr(module, hook, None)) for hook in hooks):
-        raise PluginLoadError("missing plugin_process()")
-    for required in ("plugin_init", "plugin_shutdown"):
-        if not callable(getattr(module, required, None)):
-            raise PluginLoadError(f"missing {required}()")
+    module, info = open_python_plugin(path)
     if types is not None and info.type not in types:
         return None
-    _initialise(module, config)
-    return PythonPlugin(module, info, origin)
+    return start_python_plugin(module, info, str(path), config)

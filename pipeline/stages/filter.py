@@ -28,7 +28,6 @@ from pipeline.metrics import (
     PLUGIN_ERRORS,
 )
 from pipeline.plugin import Failure, Plugin
-from pipeline.stages.runner import call_plugin
 from pipeline.streams import Command, Message, forward_and_ack
 
 log = logging.getLogger("logloom.filter")
@@ -116,7 +115,7 @@ class FilterStage:
         for plugin in self.filters:
             if not alive:
                 break
-            results = call_plugin(plugin, [entries[i] for i in alive])
+            results = plugin.call_batch([entries[i] for i in alive])
             survivors = []
             dropped = 0
             failures: Counter[str] = Counter()

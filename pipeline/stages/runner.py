@@ -15,17 +15,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis
 
 from pipeline import streams
 from pipeline.config import StagesConfig
-from pipeline.entry import Entry
 from pipeline.errors import TransientRedisError
-from pipeline.metrics import PLUGIN_CALL_SECONDS, RECLAIMED
-from pipeline.plugin import Failure, Plugin
+from pipeline.metrics import RECLAIMED
 from pipeline.streams import Command, Message
 
 log = logging.getLogger("logloom.stage")
@@ -286,14 +283,3 @@ class StageLoop:
         self.stage.handle(stream, messages)
         self.stage.drain()
         self._send_outbox()
-
-
-def call_plugin(plugin: Plugin, entries: Sequence[Entry]) -> list[Any]:
-    """``plugin.call_batch`` timed into the latency histogram."""
-    started = time.perf_counter()
-    results = plugin.call_batch(entries)
-    PLUGIN_CALL_SECONDS.labels(plugin.name, plugin.info.type).observe(time.perf_counter() - started)
-    if len(results) != len(entries):
-        failure = Failure(f"answered {len(results)} results for {len(entries)} entries")
-        return [failure] * len(entries)
-    return results

@@ -28,7 +28,6 @@ from pipeline.metrics import (
     SINK_RETRIES,
 )
 from pipeline.plugin import Failure, Plugin
-from pipeline.stages.runner import call_plugin
 from pipeline.streams import Command, Message, forward_and_ack
 
 log = logging.getLogger("logloom.sink")
@@ -116,7 +115,7 @@ class SinkStage:
         BATCH_SIZE.labels(self.name).observe(len(batch))
         delay_s = self.retry.backoff_initial_ms / 1000
         for attempt in range(1, self.retry.max_attempts + 1):
-            results = call_plugin(self.plugin, [one.entry for one in batch])
+            results = self.plugin.call_batch([one.entry for one in batch])
             failed = []
             delivered = []
             for one, result in zip(batch, results, strict=True):

@@ -1,0 +1,169 @@
+"""Per-plugin health: the one wrapper every loaded plugin runs in, whatever its runtime.
+
+It times each call into the latency histogram, checks the answer's length, counts calls and
+failures for ``logloom plugins list``, and runs a circuit breaker (design §5.3): after
+``circuit.failures`` calls in a row that failed for every entry (a dead link, a plugin that
+raises on anything), the plugin is not called for ``circuit.cooldown_s`` and its entries fail at
+once with ``circuit open``; then one batch is let through to probe it. A call that fails only
+some entries is a plugin at work, not a broken one.
+``on_failure: pass`` turns every failure into a pass (a filter keeps the entry, a sink counts it
+delivered) for plugins whose loss is better than a DLQ entry. A disabled plugin is skipped by
+its stage. A plugin whose p99 call time goes over its budget costs one ``[WARN]`` line
+(design §5.5.5) until it is back under.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.config import PluginSettings
+from pipeline.entry import Entry
+from pipeline.metrics import CIRCUIT_OPEN, PLUGIN_CALL_SECONDS
+from pipeline.plugin import Failure, Plugin, PluginInfo
+
+log = logging.getLogger("logloom.plugins")
+
+CIRCUIT_OPEN_ERROR = "circuit open"
+LATENCY_WINDOW = 200
+"""Calls in the window a p99 is taken over; it is checked once per window."""
+
+
+def passing_result(plugin_type: str) -> Any:
+    """What a failed call becomes under ``on_failure: pass``."""
+    return True if plugin_type == "filter" else 0
+
+
+class GuardedPlugin:
+    """A Plugin with its health around it; itself a Plugin, so stages need not know."""
+
+    def __init__(self, plugin: Plugin, settings: PluginSettings, budget_ms: float) -> None:
+        self.plugin = plugin
+        self.settings = settings
+        self.budget_s = (settings.p99_budget_ms or budget_ms) / 1000
+        self.enabled = True
+        self.calls = 0
+        self.entries = 0
+        self.failures = 0
+        self.failed_calls_in_a_row = 0
+        self.open_until: float | None = None
+        self.last_error = ""
+        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._over_budget = False
+
+    @property
+    def info(self) -> PluginInfo:
+        return self.plugin.info
+
+    @property
+    def origin(self) -> str:
+        return self.plugin.origin
+
+    @property
+    def runtime(self) -> str:
+        return self.plugin.runtime
+
+    @property
+    def name(self) -> str:
+        return self.plugin.name
+
+    @property
+    def restarts(self) -> int:
+        return int(getattr(self.plugin, "restarts", 0))
+
+    @property
+    def state(self) -> str:
+        if not self.enabled:
+            return "disabled"
+        if self.open_until is None:
+            return "ok"
+        return "open" if time.monotonic() < self.open_until else "half-open"
+
+    def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
+        if self.open_until is not None and time.monotonic() < self.open_until:
+            return self._settle([Failure(CIRCUIT_OPEN_ERROR)] * len(entries), count=False)
+        started = time.perf_counter()
+        results = self.plugin.call_batch(entries)
+        elapsed = time.perf_counter() - started
+        PLUGIN_CALL_SECONDS.labels(self.name, self.info.type).observe(elapsed)
+        self.calls += 1
+        self.entries += len(entries)
+        self._watch_latency(elapsed)
+        if len(results) != len(entries):
+            results = [
+                Failure(f"answered {len(results)} results for {len(entries)} entries")
+            ] * len(entries)
+        return self._settle(results, count=True)
+
+    def _settle(self, results: list[Any], count: bool) -> list[Any]:
+        """Count failures, move the breaker, and apply ``on_failure``."""
+        failed = [result for result in results if isinstance(result, Failure)]
+        if count:
+            self._track(len(failed), len(results), failed[-1].error if failed else "")
+        if not failed or self.settings.on_failure == "dlq":
+            return results
+        passing = passing_result(self.info.type)
+        return [passing if isinstance(result, Failure) else result for result in results]
+
+    def _track(self, failed: int, total: int, last_error: str) -> None:
+        self.failures += failed
+        if failed < total:
+            if self.open_until is not None:
+                log.info("Plugin '%s': circuit closed, the plugin answers again", self.name)
+            self.failed_calls_in_a_row = 0
+            self.open_until = None
+            return
+        if not failed:
+            return
+        self.last_error = last_error
+        self.failed_calls_in_a_row += 1
+        half_open = self.open_until is not None
+        if half_open or self.failed_calls_in_a_row >= self.settings.circuit.failures:
+            cooldown = self.settings.circuit.cooldown_s
+            self.open_until = time.monotonic() + cooldown
+            CIRCUIT_OPEN.labels(self.name).inc()
+            log.warning(
+                "Plugin '%s': circuit open after %d failed calls in a row (last: %s); "
+                "its entries %s for %.0f s",
+                self.name,
+                self.failed_calls_in_a_row,
+                last_error,
+                "pass" if self.settings.on_failure == "pass" else "go to the DLQ",
+                cooldown,
+            )
+
+    def _watch_latency(self, elapsed: float) -> None:
+        self._latencies.append(elapsed)
+        if self.calls % LATENCY_WINDOW:
+            return
+        p99 = sorted(self._latencies)[int(len(self._latencies) * 0.99) - 1]
+        over = p99 > self.budget_s
+        if over and not self._over_budget:
+            log.warning(
+                "Plugin '%s': p99 call time %.1f ms is over its %.0f ms budget",
+                self.name,
+                p99 * 1000,
+                self.budget_s * 1000,
+            )
+        self._over_budget = over
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``logloom plugins list`` shows of this plugin in this worker."""
+        return {
+            "name": self.name,
+            "type": self.info.type,
+            "runtime": self.runtime,
+            "version": self.info.version,
+            "state": self.state,
+            "calls": self.calls,
+            "entries": self.entries,
+            "failures": self.failures,
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+        }
+
+    def shutdown(self) -> None:
+        self.plugin.shutdown()

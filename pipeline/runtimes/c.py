@@ -1,0 +1,232 @@
+"""C plugins: shared libraries with the function table of ``logloom_plugin.h`` (CONTRACT §4).
+
+Loaded in process with ``dlopen``/``dlsym`` (ctypes). A call into C is cheap; building the
+``log_entry_t`` array is what costs, so a batch is marshalled at once: every string of the batch
+goes into one buffer with a single encode, and the structs are an array of pointers into it and
+into the JSON bytes the worker already holds (MEASUREMENTS.md: per-entry ``Structure`` building
+costs more than batched IPC). ``plugin_process_batch`` is used when exported: one foreign call
+per batch. A crash in here kills the worker; for untrusted code the same library runs in a host
+subprocess instead (``mode: isolated``, see :mod:`pipeline.runtimes.process`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from array import array
+from collections.abc import Collection, Mapping, Sequence
+from itertools import accumulate
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.entry import Entry
+from pipeline.errors import PluginLoadError
+from pipeline.plugin import Failure, PluginInfo, validate_info
+
+HEADER_DIR = Path(__file__).resolve().parent.parent / "include"
+TEXT_FIELDS = 5  # timestamp, level, module, message, lang_key; then json
+POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)
+ENTRY_SIZE = 6 * POINTER_SIZE
+SUFFIXES = (".so", ".dylib")
+
+
+INFO_FIELDS = ("name", "version", "author", "type", "capability", "mode")
+
+
+class CPluginInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_char_p) for name in INFO_FIELDS]
+
+
+def is_c_plugin(path: Path) -> bool:
+    return path.suffix in SUFFIXES
+
+
+def name_from_file(path: Path) -> str:
+    """``filter_x.so`` → ``filter_x``; ``libx.so`` → ``x``."""
+    stem = path.name.split(".")[0]
+    return stem[3:] if stem.startswith("lib") and len(stem) > 3 else stem
+
+
+def _address(data: bytes) -> int:
+    """Where the bytes object keeps its contents: C reads them in place, without a copy."""
+    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    assert address is not None
+    return address
+
+
+def _text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    return "" if value is None else orjson.dumps(value).decode()
+
+
+def marshal(entries: Sequence[Entry]) -> tuple[array[int], tuple[bytes, bytes]]:
+    """A ``log_entry_t[]`` for ``entries``, as an array of pointer words, and the two buffers the
+    pointers point into (keep them alive for the call)."""
+    texts: list[Any] = []
+    extend = texts.extend
+    for entry in entries:
+        get = entry.get
+        extend((get("timestamp"), get("level"), get("module"), get("message"), get("lang_key")))
+    try:
+        joined = "\0".join(texts)
+    except TypeError:  # a missing field, or one that is not text (a numeric module)
+        texts = [_text(value) for value in texts]
+        joined = "\0".join(texts)
+    if joined.isascii():  # the common case: byte offsets are character offsets
+        blob = joined.encode("ascii") + b"\0"
+        sizes = map(len, texts)
+    else:
+        encoded = [text.encode("utf-8", "surrogatepass") for text in texts]
+        blob = b"\0".join(encoded) + b"\0"
+        sizes = map(len, encoded)
+    jsons = [entry.to_json() for entry in entries]
+    json_blob = b"\0".join(jsons) + b"\0"
+    starts = list(accumulate(map((1).__add__, sizes), initial=_address(blob)))
+    json_starts = accumulate(map((1).__add__, map(len, jsons)), initial=_address(json_blob))
+    count = len(entries)
+    words = [0] * (6 * count)
+    for field in range(TEXT_FIELDS):
+        words[field::6] = starts[field : TEXT_FIELDS * count : TEXT_FIELDS]
+    words[5::6] = list(json_starts)[:count]
+    for index, entry in enumerate(entries):
+        if entry.get("lang_key") is None:
+            words[6 * index + 4] = 0  # NULL when absent (CONTRACT §4)
+    return array("Q" if POINTER_SIZE == 8 else "I", words), (blob, json_blob)
+
+
+def _symbol(library: ctypes.CDLL, name: str) -> Any | None:
+    try:
+        return getattr(library, name)
+    except AttributeError:
+        return None
+
+
+def _decode(value: bytes | None) -> str:
+    return value.decode("utf-8", "replace") if value else ""
+
+
+def read_info(library: ctypes.CDLL, path: Path, settings: Mapping[str, Any]) -> PluginInfo:
+    """From ``plugin_info()`` when exported; else the file name and ``<name>.yaml``."""
+    info_function = _symbol(library, "plugin_info")
+    if info_function is not None:
+        info_function.restype = ctypes.POINTER(CPluginInfo)
+        pointer = info_function()
+        if not pointer:
+            raise PluginLoadError("plugin_info() returned NULL")
+        raw = pointer.contents
+        fields = {name: _decode(getattr(raw, name)) for name in INFO_FIELDS}
+        fields["mode"] = fields["mode"] or "sync"
+        return validate_info(fields, str(path))
+    name = str(settings.get("name") or name_from_file(path))
+    kind = settings.get("type") or next(
+        (prefix for prefix in ("filter", "sink", "ai", "lang") if name.startswith(prefix + "_")),
+        None,
+    )
+    if kind is None:
+        raise PluginLoadError(
+            "no plugin_info() and no type: name it filter_*.so or sink_*.so, or set type in "
+            f"{path.with_suffix('.yaml').name}"
+        )
+    return validate_info(
+        {"name": name, "type": kind, "version": str(settings.get("version", "0.0.0"))},
+        str(path),
+    )
+
+
+class CPlugin:
+    """A loaded library adapted onto the Plugin protocol."""
+
+    runtime = "c"
+
+    def __init__(self, library: ctypes.CDLL, info: PluginInfo, origin: str) -> None:
+        self.library = library
+        self.info = info
+        self.origin = origin
+        self._process = library.plugin_process
+        self._process.argtypes = [ctypes.c_void_p]
+        self._process.restype = ctypes.c_int
+        self._batch = _symbol(library, "plugin_process_batch")
+        if self._batch is not None:
+            self._batch.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+            self._batch.restype = ctypes.c_int
+        self._shutdown = library.plugin_shutdown
+        self._shutdown.restype = None
+        self._is_filter = info.type == "filter"
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
+        if not entries:
+            return []
+        words, buffers = marshal(entries)
+        base = words.buffer_info()[0]
+        if self._batch is not None:
+            codes = array("i", bytes(4 * len(entries)))
+            status = self._batch(base, len(entries), codes.buffer_info()[0])
+            if status < 0:
+                return [Failure(f"plugin_process_batch() returned {status}")] * len(entries)
+        else:
+            process = self._process
+            codes = array("i", [process(base + ENTRY_SIZE * i) for i in range(len(entries))])
+        del buffers  # alive until here: the library read from them
+        return [self._result(code) for code in codes]
+
+    def _result(self, code: int) -> bool | int | Failure:
+        if self._is_filter:
+            if code == 1:
+                return True
+            if code == 0:
+                return False
+            return Failure(f"plugin_process() returned {code}")
+        return code if code == 0 else Failure(f"plugin_process() returned {code}")
+
+    def shutdown(self) -> None:
+        self._shutdown()
+
+
+def open_c_plugin(path: Path, settings: Mapping[str, Any]) -> tuple[ctypes.CDLL, PluginInfo]:
+    """dlopen and check a library without initialising it; PluginLoadError says what is wrong.
+
+    ``settings`` (its ``<name>.yaml``) may name the type of a library without ``plugin_info``.
+    """
+    try:
+        library = ctypes.CDLL(str(path.resolve()))
+    except OSError as exc:
+        raise PluginLoadError(f"dlopen failed: {exc}") from None
+    for required in ("plugin_process", "plugin_init", "plugin_shutdown"):
+        if _symbol(library, required) is None:
+            raise PluginLoadError(f"missing {required}()")
+    return library, read_info(library, path, settings)
+
+
+def start_c_plugin(
+    library: ctypes.CDLL, info: PluginInfo, origin: str, config: Mapping[str, Any]
+) -> CPlugin:
+    """``plugin_configure(config as JSON)`` when exported, then ``plugin_init()``."""
+    configure = _symbol(library, "plugin_configure")
+    if configure is not None:
+        configure.argtypes = [ctypes.c_char_p]
+        configure.restype = ctypes.c_int
+        status = configure(orjson.dumps(dict(config), default=str))
+        if status != 0:
+            raise PluginLoadError(f"plugin_configure() returned {status}, expected 0")
+    init = library.plugin_init
+    init.restype = ctypes.c_int
+    status = init()
+    if status != 0:
+        raise PluginLoadError(f"plugin_init() returned {status}, expected 0")
+    return CPlugin(library, info, origin)
+
+
+def load_c_plugin(
+    path: Path, config: Mapping[str, Any], types: Collection[str] | None = None
+) -> CPlugin | None:
+    """Open, configure and initialise one C plugin; None if valid but not of ``types``."""
+    library, info = open_c_plugin(path, config)
+    if types is not None and info.type not in types:
+        return None
+    return start_c_plugin(library, info, str(path), config)

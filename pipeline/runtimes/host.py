@@ -1,0 +1,177 @@
+"""The plugin host: serves one Python or C plugin over the subprocess protocol (CONTRACT §5).
+
+Run as ``logloom plugins run PATH`` (or ``python -m pipeline.runtimes.host PATH``). Workers start
+one per isolated plugin, so a plugin that crashes (a segfault in C), hangs or leaks takes only
+this process down. Requests and answers are one JSON line each on stdin/stdout; whatever the
+plugin itself prints (Python ``print``, C ``printf``) is sent to stderr, so it can never corrupt
+the protocol. Without an ``init`` request the plugin starts with its ``<name>.yaml`` on first use,
+which is what makes ``echo '{"entry": {...}}' | logloom plugins run my_plugin.py`` work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from pipeline.entry import Entry
+from pipeline.errors import PluginLoadError
+from pipeline.plugin import Failure, Plugin, describe_exception
+from pipeline.runtimes import OpenedPlugin, open_plugin_file
+
+
+def file_config(path: Path) -> dict[str, Any]:
+    """The plugin's ``<name>.yaml`` (``plugin.yaml`` in a package), as discovery reads it."""
+    from pipeline.config import parse_config
+    from pipeline.discovery import Candidate, plugin_config
+
+    return plugin_config(Candidate(path.stem, path), parse_config({}))
+
+
+def protect_stdout() -> BinaryIO:
+    """The protocol's own channel: the original stdout. fd 1 becomes stderr for the plugin."""
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    return protocol
+
+
+class Host:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.opened: OpenedPlugin | None = None
+        self.plugin: Plugin | None = None
+
+    def open(self) -> OpenedPlugin:
+        if self.opened is None:
+            self.opened = open_plugin_file(self.path, file_config(self.path))
+        return self.opened
+
+    def start(self, config: Mapping[str, Any] | None) -> Plugin:
+        if self.plugin is not None:
+            if config is None:
+                return self.plugin
+            self.plugin.shutdown()  # a second init: start over with the new config
+            self.plugin, self.opened = None, None
+        opened = self.open()
+        self.plugin = opened.start(file_config(self.path) if config is None else config)
+        return self.plugin
+
+    def answer(self, request: Any) -> tuple[bytes, bool]:
+        """The response line for one request, and whether to stop after sending it."""
+        if not isinstance(request, dict):
+            return error_line(f"a request is a JSON object, not {type(request).__name__}"), False
+        if "batch" in request:
+            entries = request["batch"]
+            if not isinstance(entries, list):
+                return error_line("'batch' must be a list of entries"), False
+            return self.batch(entries), False
+        if "entry" in request:
+            return self.single(request["entry"]), False
+        op = request.get("op")
+        if op == "info":
+            info = self.open().info
+            raw = {key: value for key, value in vars(info).items() if key != "extra"}
+            info_dict = {**info.extra, **raw, "capability": list(info.capability)}
+            return ok_line({"result": info_dict}), False
+        if op == "init":
+            config = request.get("config") or {}
+            if not isinstance(config, dict):
+                return error_line("'config' must be an object"), False
+            self.start(config)
+            return ok_line({}), False
+        if op == "shutdown":
+            if self.plugin is not None:
+                self.plugin.shutdown()
+                self.plugin = None
+            return ok_line({}), True
+        return error_line(f"unknown request (op {op!r}; expected entry, batch or op)"), False
+
+    def single(self, raw: object) -> bytes:
+        if not isinstance(raw, dict):
+            return error_line("'entry' must be a JSON object")
+        (result,) = self.start(None).call_batch([Entry(raw)])
+        if isinstance(result, Failure):
+            return error_line(result.error)
+        # The debugging recipe's answer reads like the design's: {"status": 0, "result": true}.
+        return json.dumps({"status": 0, "result": result}, default=str).encode() + b"\n"
+
+    def batch(self, raw: Sequence[object]) -> bytes:
+        plugin = self.start(None)
+        entries = [Entry(one) if isinstance(one, dict) else None for one in raw]
+        good = [entry for entry in entries if entry is not None]
+        answers = iter(plugin.call_batch(good))
+        results: list[Any] = []
+        errors: dict[str, str] = {}
+        for index, entry in enumerate(entries):
+            result = next(answers) if entry is not None else Failure("entry is not an object")
+            if isinstance(result, Failure):
+                errors[str(index)] = result.error
+                result = None
+            results.append(result)
+        line = {"status": 0, "results": results, "errors": errors}
+        return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def ok_line(fields: dict[str, Any]) -> bytes:
+    return json.dumps({"status": 0, **fields}, default=str).encode() + b"\n"
+
+
+def error_line(error: str) -> bytes:
+    return json.dumps({"status": 1, "error": error}).encode() + b"\n"
+
+
+def serve(path: Path, requests: BinaryIO, answers: BinaryIO) -> int:
+    """Answer requests until ``shutdown`` or end of input; 0, or 2 if the plugin cannot load."""
+    host = Host(path)
+    try:
+        for line in requests:
+            if not line.strip():
+                continue
+            try:
+                request = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                reply, stop = error_line(f"bad JSON: {exc}"), False
+            else:
+                try:
+                    reply, stop = host.answer(request)
+                except PluginLoadError as exc:
+                    answers.write(error_line(f"cannot load plugin: {exc}"))
+                    answers.flush()
+                    print(f"[WARN] Failed to load plugin '{path.name}': {exc}", file=sys.stderr)
+                    return 2
+            answers.write(reply)
+            answers.flush()
+            if stop:
+                return 0
+    except BrokenPipeError:
+        return 0
+    finally:
+        if host.plugin is not None:
+            try:
+                host.plugin.shutdown()
+            except Exception as exc:  # the host is exiting anyway; say why, once
+                print(f"plugin_shutdown() raised {describe_exception(exc)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m pipeline.runtimes.host PLUGIN_PATH", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    if not path.exists():
+        print(f"plugin not found: {path}", file=sys.stderr)
+        return 2
+    return serve(path, sys.stdin.buffer, protect_stdout())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Plugins in a child process, over the line-delimited JSON protocol of CONTRACT §5.
+
+The child is the plugin host (:mod:`pipeline.runtimes.host`) for a Python plugin in
+``subprocess`` mode or a C library in ``isolated`` mode; any executable that speaks §5 works
+too. A batch is one request line, ``{"batch": [...]}`` built from the JSON bytes the worker
+already holds, and one answer line. A crash, hang or garbage kills only the child: the
+:class:`~pipeline.runtimes.remote.RemotePlugin` around it starts a new one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from pipeline.embedded import die_with_parent
+from pipeline.entry import Entry
+from pipeline.errors import PluginLoadError
+from pipeline.plugin import PluginInfo, validate_info
+from pipeline.runtimes.remote import LinkError, RemotePlugin, batch_results, read_line, write_all
+
+START_TIMEOUT_S = 15.0
+"""For the child to start and answer ``info`` and ``init`` (imports can be slow)."""
+STOP_TIMEOUT_S = 1.0
+
+
+def host_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline.runtimes.host", str(path)]
+
+
+class ChildLink:
+    """Pipes to one child process; a new child on every :meth:`open`."""
+
+    def __init__(self, argv: Sequence[str], label: str) -> None:
+        self.argv = list(argv)
+        self.label = label
+        self.child: subprocess.Popen[bytes] | None = None
+        self._buffer = bytearray()
+
+    @property
+    def what(self) -> str:
+        return f"plugin process {self.child.pid}" if self.child else "plugin process"
+
+    def open(self, config: dict[str, Any]) -> PluginInfo:
+        info = self.start()
+        self.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
+        return info
+
+    def start(self) -> PluginInfo:
+        """Start the child and ask who it is, without initialising the plugin."""
+        self.close()
+        try:
+            self.child = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                preexec_fn=die_with_parent,  # only sets PDEATHSIG
+            )
+        except OSError as exc:
+            raise LinkError(f"cannot start {self.argv[0]}: {exc.strerror}") from None
+        assert self.child.stdin is not None and self.child.stdout is not None
+        os.set_blocking(self.child.stdin.fileno(), False)
+        os.set_blocking(self.child.stdout.fileno(), False)
+        self._buffer.clear()
+        answer = self.request({"op": "info"}, time.monotonic() + START_TIMEOUT_S)
+        try:
+            return validate_info(answer.get("result"), self.label)
+        except PluginLoadError as exc:
+            raise LinkError(f"bad info: {exc}") from None
+
+    def request(self, message: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Send one op and return its answer; a status other than 0 raises LinkError."""
+        answer = self._exchange(orjson.dumps(message) + b"\n", deadline)
+        if not isinstance(answer, dict) or answer.get("status") != 0:
+            error = answer.get("error") if isinstance(answer, dict) else answer
+            raise LinkError(f"{message.get('op')} failed: {error}")
+        return answer
+
+    def call(self, entries: Sequence[Entry], deadline: float) -> list[Any]:
+        line = b'{"batch":[' + b",".join([entry.to_json() for entry in entries]) + b"]}\n"
+        return batch_results(self._exchange(line, deadline), len(entries))
+
+    def _exchange(self, line: bytes, deadline: float) -> Any:
+        child = self.child
+        if child is None or child.stdin is None or child.stdout is None:
+            raise LinkError("plugin process not running")
+        try:
+            write_all(child.stdin.fileno(), line, deadline, self.what)
+            answer = read_line(child.stdout.fileno(), self._buffer, deadline, self.what)
+        except LinkError as exc:
+            raise LinkError(self._with_exit_status(str(exc))) from None
+        try:
+            return orjson.loads(answer)
+        except orjson.JSONDecodeError:
+            raise LinkError(f"answered invalid JSON: {answer[:80]!r}") from None
+
+    def _with_exit_status(self, cause: str) -> str:
+        """Name the signal or exit code when the child died: ``killed by SIGSEGV``."""
+        assert self.child is not None
+        try:
+            code = self.child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            return cause
+        if code < 0:
+            return f"plugin process {self.child.pid} killed by {signal.Signals(-code).name}"
+        return f"plugin process {self.child.pid} exited with status {code}"
+
+    def close(self) -> None:
+        child, self.child = self.child, None
+        if child is None:
+            return
+        if child.poll() is None:
+            try:
+                assert child.stdin is not None
+                write_all(
+                    child.stdin.fileno(),
+                    b'{"op":"shutdown"}\n',
+                    time.monotonic() + 0.1,
+                    "plugin process",
+                )
+                child.stdin.close()
+                child.wait(timeout=STOP_TIMEOUT_S)
+            except (LinkError, OSError, subprocess.TimeoutExpired):
+                child.kill()
+                child.wait()
+        for pipe in (child.stdin, child.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+
+
+def load_in_child(
+    argv: Sequence[str],
+    label: str,
+    runtime: str,
+    config: dict[str, Any],
+    timeout_ms: int,
+    types: Collection[str] | None = None,
+) -> RemotePlugin | None:
+    """Start a plugin in a child process; PluginLoadError (naming the cause) if it cannot."""
+    link = ChildLink(argv, label)
+    try:
+        info = link.start()
+        if types is not None and info.type not in types:
+            link.close()
+            return None
+        link.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
+    except LinkError as exc:
+        link.close()
+        raise PluginLoadError(str(exc).removeprefix("info failed: cannot load plugin: ")) from None
+    return RemotePlugin(link, info, label, runtime, config, timeout_ms)

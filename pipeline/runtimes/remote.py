@@ -1,0 +1,216 @@
+"""What plugins in another process share: a link that can break, and the plugin adapter over it.
+
+A :class:`Link` is one connection to a plugin — a host subprocess's pipes
+(:mod:`pipeline.runtimes.process`) or a service's socket (:mod:`pipeline.runtimes.service`) —
+that speaks its protocol. :class:`RemotePlugin` turns a link into a Plugin that survives it:
+every call has a deadline that grows with the batch, a broken link (crash, hang, garbage, a
+half line, an oversized answer) is logged once per incident as ``[ERROR] Plugin communication
+failed: <plugin>: <cause>`` and opened again, with backoff when reopening fails. The entries of
+a batch that broke the link are retried one by one, so only the one that breaks it again fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from pipeline.entry import Entry
+from pipeline.errors import PluginCallError
+from pipeline.metrics import PLUGIN_RESTARTS
+from pipeline.plugin import Failure, PluginInfo
+
+log = logging.getLogger("logloom.plugins")
+
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+"""A longer answer line is garbage: a runaway plugin must not eat the worker's memory."""
+ENTRIES_PER_TIMEOUT = 100
+"""A batch of n entries gets ``timeout × (1 + n / 100)``: a 500-entry batch, six timeouts."""
+REOPEN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+ISOLATION_GIVE_UP = 3
+"""Entry-by-entry retries stop after this many broken links in a row: the plugin is down."""
+
+
+class LinkError(PluginCallError):
+    """The link to a plugin broke; the message is the cause, e.g. ``no answer within 500 ms``."""
+
+
+class Link(Protocol):
+    """One connection to an out-of-process plugin."""
+
+    def open(self, config: dict[str, Any]) -> PluginInfo:
+        """Start or connect, hand over the config, and return the plugin's info."""
+
+    def call(self, entries: Sequence[Entry], deadline: float) -> list[Any]:
+        """One result or Failure per entry; LinkError if the link broke."""
+
+    def close(self) -> None:
+        """Let go of the plugin politely (shutdown request), then for sure."""
+
+
+def write_all(fd: int, data: bytes, deadline: float, what: str) -> None:
+    """Write to a non-blocking fd by ``deadline`` (a plugin that stops reading must not hang us)."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            written = 0
+        except (BrokenPipeError, ConnectionError) as exc:
+            raise LinkError(f"{what} closed the connection ({exc.strerror})") from None
+        view = view[written:]
+        if view:
+            select.select([], [fd], [], _remaining(deadline, what))
+
+
+def read_line(fd: int, buffer: bytearray, deadline: float, what: str) -> bytes:
+    """The next line from a non-blocking fd, waiting until ``deadline``."""
+    while True:
+        end = buffer.find(b"\n")
+        if end >= 0:
+            line = bytes(buffer[:end])
+            del buffer[: end + 1]
+            return line
+        if len(buffer) > MAX_ANSWER_BYTES:
+            raise LinkError(
+                f"answer over {MAX_ANSWER_BYTES // (1024 * 1024)} MiB without a newline"
+            )
+        if not select.select([fd], [], [], _remaining(deadline, what))[0]:
+            continue
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            continue
+        except ConnectionError as exc:
+            raise LinkError(f"{what} closed the connection ({exc.strerror})") from None
+        if not chunk:
+            half = f" after half a line ({len(buffer)} bytes)" if buffer else ""
+            raise LinkError(f"{what} closed the connection{half}")
+        buffer += chunk
+
+
+def _remaining(deadline: float, what: str) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise LinkError(f"{what} did not answer in time")
+    return remaining
+
+
+def batch_results(answer: Any, count: int) -> list[Any]:
+    """Results from a §5 batch answer ``{"status", "results", "errors"}``; LinkError if garbage."""
+    if not isinstance(answer, dict) or "status" not in answer:
+        raise LinkError(f"answered {str(answer)[:80]!r}, not a status object")
+    if answer["status"] != 0:
+        return [Failure(str(answer.get("error") or f"status {answer['status']}"))] * count
+    results = answer.get("results")
+    if not isinstance(results, list) or len(results) != count:
+        got = len(results) if isinstance(results, list) else "no"
+        raise LinkError(f"answered {got} results for {count} entries")
+    errors = answer.get("errors") or {}
+    if not isinstance(errors, dict):
+        raise LinkError("answered 'errors' that is not an object")
+    for index, error in errors.items():
+        if str(index).isdigit() and int(index) < count:
+            results[int(index)] = Failure(str(error))
+    return results
+
+
+class RemotePlugin:
+    """A plugin behind a :class:`Link`, adapted onto the Plugin protocol."""
+
+    def __init__(
+        self,
+        link: Link,
+        info: PluginInfo,
+        origin: str,
+        runtime: str,
+        config: dict[str, Any],
+        timeout_ms: int,
+    ) -> None:
+        self.link = link
+        self.info = info
+        self.origin = origin
+        self.runtime = runtime
+        self.config = config
+        self.timeout_s = timeout_ms / 1000
+        self.restarts = 0
+        self._broken: str | None = None  # the cause, while the link is down
+        self._reopen_at = 0.0
+        self._failed_reopens = 0
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def budget_s(self, count: int) -> float:
+        return self.timeout_s * (1 + count / ENTRIES_PER_TIMEOUT)
+
+    def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
+        if not entries:
+            return []
+        try:
+            return self._call(entries)
+        except LinkError as exc:
+            self._incident(str(exc))
+            if len(entries) == 1:
+                return [Failure(str(exc))]
+        return self._one_by_one(entries)
+
+    def _call(self, entries: Sequence[Entry]) -> list[Any]:
+        if self._broken is not None:
+            self._reopen()
+        results = self.link.call(entries, time.monotonic() + self.budget_s(len(entries)))
+        if self._broken is not None:
+            log.info("Plugin '%s' answers again", self.name)
+            self._broken = None
+        return results
+
+    def _one_by_one(self, entries: Sequence[Entry]) -> list[Any]:
+        """After a broken batch: each entry alone, so only the entries that break it fail."""
+        results: list[Any] = []
+        broken_in_a_row = 0
+        for entry in entries:
+            if broken_in_a_row >= ISOLATION_GIVE_UP:
+                results.append(Failure(f"plugin unavailable: {self._broken}"))
+                continue
+            try:
+                results += self._call([entry])
+                broken_in_a_row = 0
+            except LinkError as exc:
+                self._incident(str(exc))
+                results.append(Failure(str(exc)))
+                broken_in_a_row += 1
+        return results
+
+    def _incident(self, cause: str) -> None:
+        """Log the first failure of an incident; close the link so the next call reopens it."""
+        if self._broken is None:
+            self.mark_broken(cause)
+        self.link.close()
+
+    def mark_broken(self, cause: str) -> None:
+        log.error("Plugin communication failed: %s: %s", self.name, cause)
+        self._broken = cause
+
+    def _reopen(self) -> None:
+        now = time.monotonic()
+        if now < self._reopen_at:
+            raise LinkError(
+                f"still down, next try in {self._reopen_at - now:.1f} s: {self._broken}"
+            )
+        try:
+            self.info = self.link.open(self.config)
+        except LinkError as exc:
+            self._failed_reopens += 1
+            step = min(self._failed_reopens, len(REOPEN_BACKOFF_S) - 1)
+            self._reopen_at = now + REOPEN_BACKOFF_S[step]
+            raise LinkError(f"cannot restart: {exc}") from None
+        self._failed_reopens = 0
+        self.restarts += 1
+        PLUGIN_RESTARTS.labels(self.name, self.runtime).inc()
+
+    def shutdown(self) -> None:
+        self.link.close()

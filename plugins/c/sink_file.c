@@ -1,0 +1,418 @@
+/*
+ * sink_file — appends each entry's JSON, one object a line, to a file.
+ *
+ * Config (sink_file.yaml): path, the file (default logs/logloom-c.jsonl, relative to the working
+ * directory; its parent directory is created if missing, one level only); fsync, true to fsync
+ * after every batch (default false).
+ *
+ * Each batch goes to the file in one write, so several sink workers can share the file.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "logloom_plugin.h"
+
+#define DEFAULT_PATH "logs/logloom-c.jsonl"
+#define PATH_CAP 4096
+
+/* Written by plugin_configure, before plugin_init opens the file. */
+static char path[PATH_CAP] = DEFAULT_PATH;
+static bool sync_to_disk = false;
+
+static int fd = -1;
+/* Grown to the largest batch so far and reused: one write call per batch needs it whole. */
+static char *batch_buf;
+static size_t batch_cap;
+/* A failed write ended mid-line: the next batch starts with a newline, to keep its first line. */
+static bool torn;
+
+/* --- Just enough JSON to read top-level members of the config object. The object comes from
+ * YAML, so it may hold anything else too, nested values included, which is skipped. */
+
+static const char *skip_ws(const char *p)
+{
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')
+        p++;
+    return p;
+}
+
+/* p is at the opening quote; returns what follows the closing one, NULL if there is none. */
+static const char *skip_string(const char *p)
+{
+    for (p++; *p != '"'; p++) {
+        if (*p == '\0' || (*p == '\\' && *++p == '\0'))
+            return NULL;
+    }
+    return p + 1;
+}
+
+/* Brackets are counted, not matched: the config comes from a YAML parser, not from a person. */
+static const char *skip_container(const char *p)
+{
+    size_t depth = 0;
+    do {
+        if (*p == '"') {
+            if ((p = skip_string(p)) == NULL)
+                return NULL;
+            continue;
+        }
+        if (*p == '\0')
+            return NULL;
+        if (*p == '{' || *p == '[')
+            depth++;
+        else if (*p == '}' || *p == ']')
+            depth--;
+        p++;
+    } while (depth > 0);
+    return p;
+}
+
+/* Numbers, true, false and null. */
+static const char *skip_literal(const char *p)
+{
+    const char *start = p;
+    while (*p != '\0' && strchr(",}] \t\r\n", *p) == NULL)
+        p++;
+    return p == start ? NULL : p;
+}
+
+static const char *skip_value(const char *p)
+{
+    if (*p == '"')
+        return skip_string(p);
+    if (*p == '{' || *p == '[')
+        return skip_container(p);
+    return skip_literal(p);
+}
+
+/* Points *value at the value of the top-level member `key` of the object `json`, or sets it to
+ * NULL when there is none; the last of duplicate keys wins, as with Python's json. Keys are
+ * compared as written, so an escaped spelling of `key` is not recognised. Returns -1 when json
+ * is not an object. */
+static int find_member(const char *json, const char *key, const char **value)
+{
+    size_t key_len = strlen(key);
+    const char *p;
+
+    *value = NULL;
+    if (json == NULL)
+        return -1;
+    p = skip_ws(json);
+    if (*p != '{')
+        return -1;
+    p = skip_ws(p + 1);
+    if (*p == '}')
+        return 0;
+    for (;;) {
+        const char *name = p + 1, *name_end;
+        if (*p != '"' || (name_end = skip_string(p)) == NULL)
+            return -1;
+        p = skip_ws(name_end);
+        if (*p != ':')
+            return -1;
+        p = skip_ws(p + 1);
+        if ((size_t)(name_end - 1 - name) == key_len && memcmp(name, key, key_len) == 0)
+            *value = p;
+        if ((p = skip_value(p)) == NULL)
+            return -1;
+        p = skip_ws(p);
+        if (*p == '}')
+            return 0;
+        if (*p != ',')
+            return -1;
+        p = skip_ws(p + 1);
+    }
+}
+
+/* Four hex digits of a \u escape; -1 if they are not. */
+static long hex4(const char *p)
+{
+    long code = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int digit = c >= '0' && c <= '9' ? c - '0'
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                  : -1;
+        if (digit < 0)
+            return -1;
+        code = code * 16 + digit;
+    }
+    return code;
+}
+
+/* The code point of the \u escape at p (a surrogate pair taking two), advancing *p past it;
+ * -1 for a malformed escape or a lone surrogate. */
+static long unicode_escape(const char **p)
+{
+    long high = hex4(*p + 2), low;
+
+    *p += 6;
+    if (high < 0xD800 || high > 0xDFFF)
+        return high;
+    if (high > 0xDBFF || (*p)[0] != '\\' || (*p)[1] != 'u')
+        return -1;
+    low = hex4(*p + 2);
+    if (low < 0xDC00 || low > 0xDFFF)
+        return -1;
+    *p += 6;
+    return 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+}
+
+static char *put_utf8(char *o, long code)
+{
+    if (code < 0x80) {
+        *o++ = (char)code;
+    } else if (code < 0x800) {
+        *o++ = (char)(0xC0 | code >> 6);
+        *o++ = (char)(0x80 | (code & 0x3F));
+    } else if (code < 0x10000) {
+        *o++ = (char)(0xE0 | code >> 12);
+        *o++ = (char)(0x80 | (code >> 6 & 0x3F));
+        *o++ = (char)(0x80 | (code & 0x3F));
+    } else {
+        *o++ = (char)(0xF0 | code >> 18);
+        *o++ = (char)(0x80 | (code >> 12 & 0x3F));
+        *o++ = (char)(0x80 | (code >> 6 & 0x3F));
+        *o++ = (char)(0x80 | (code & 0x3F));
+    }
+    return o;
+}
+
+/* The character of a one-letter escape such as \n; -1 for an unknown one. */
+static long simple_escape(char letter)
+{
+    switch (letter) {
+    case '"': case '\\': case '/': return letter;
+    case 'b': return '\b';
+    case 'f': return '\f';
+    case 'n': return '\n';
+    case 'r': return '\r';
+    case 't': return '\t';
+    default: return -1;
+    }
+}
+
+/* Decodes the JSON string at p into buf (cap bytes, NUL-terminated). Python's json writes
+ * non-ASCII as \u escapes, so a path may well arrive escaped. -1 if p is not a string, does not
+ * fit, or holds a NUL, which no path can. */
+static int read_string(const char *p, char *buf, size_t cap)
+{
+    char *o = buf, *end = buf + cap;
+
+    if (*p++ != '"')
+        return -1;
+    while (*p != '"') {
+        long code;
+        if (*p == '\0' || end - o < 5) /* 5: the longest UTF-8 sequence and the NUL */
+            return -1;
+        if (*p != '\\') {
+            *o++ = *p++;
+            continue;
+        }
+        if (p[1] == 'u') {
+            code = unicode_escape(&p);
+        } else {
+            code = simple_escape(p[1]);
+            p += 2;
+        }
+        if (code <= 0)
+            return -1;
+        o = put_utf8(o, code);
+    }
+    *o = '\0';
+    return 0;
+}
+
+static int read_bool(const char *p, bool *flag)
+{
+    const char *end = skip_literal(p);
+    size_t len = end == NULL ? 0 : (size_t)(end - p);
+
+    if (len == 4 && memcmp(p, "true", 4) == 0)
+        *flag = true;
+    else if (len == 5 && memcmp(p, "false", 5) == 0)
+        *flag = false;
+    else
+        return -1;
+    return 0;
+}
+
+/* --- Writing. */
+
+/* mkdir of the path's directory, when it has one; an existing directory is fine. */
+static int make_parent_dir(void)
+{
+    char dir[PATH_CAP];
+    const char *slash = strrchr(path, '/');
+
+    if (slash == NULL || slash == path)
+        return 0;
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    if (mkdir(dir, 0777) == 0 || errno == EEXIST)
+        return 0;
+    fprintf(stderr, "sink_file: cannot create directory %s: %s\n", dir, strerror(errno));
+    return -1;
+}
+
+/* The batch as one run of lines in batch_buf, after a newline that ends a line torn by an earlier
+ * failed write; its length, 0 when the buffer cannot grow. */
+static size_t fill_batch(const log_entry_t *entries, size_t count)
+{
+    size_t len = torn ? 1 : 0;
+    char *o;
+
+    for (size_t i = 0; i < count; i++)
+        len += strlen(entries[i].json) + 1;
+    if (len > batch_cap) {
+        char *grown = realloc(batch_buf, len);
+        if (grown == NULL)
+            return 0;
+        batch_buf = grown;
+        batch_cap = len;
+    }
+    o = batch_buf;
+    if (torn)
+        *o++ = '\n';
+    for (size_t i = 0; i < count; i++) {
+        size_t n = strlen(entries[i].json);
+        memcpy(o, entries[i].json, n);
+        o[n] = '\n';
+        o += n + 1;
+    }
+    return len;
+}
+
+/* One write call in all but rare cases (a full disk, a signal): an O_APPEND write lands whole at
+ * the end of the file, so lines of other workers appending to it never come inside ours.
+ * Returns how many bytes were written, with errno telling why when short. */
+static size_t write_all(const char *buf, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, buf + done, len - done);
+        if (n > 0)
+            done += (size_t)n;
+        else if (n == 0 || errno != EINTR)
+            break;
+    }
+    return done;
+}
+
+/* results[i] = 0 for the entries wholly among the first `written` bytes of the batch. */
+static void mark_written(const log_entry_t *entries, size_t count, int *results, size_t written)
+{
+    size_t end = torn ? 1 : 0;
+    for (size_t i = 0; i < count; i++) {
+        end += strlen(entries[i].json) + 1;
+        results[i] = end <= written ? LOGLOOM_OK : LOGLOOM_ERROR;
+    }
+}
+
+/* --- The plugin ABI. */
+
+const plugin_info_t *plugin_info(void)
+{
+    static const plugin_info_t info = {
+        .name = "sink_file",
+        .version = "1.0.0",
+        .author = "Logloom Team",
+        .type = "sink",
+        .capability = "json,batch",
+        .mode = "sync",
+    };
+    return &info;
+}
+
+/* Nothing changes unless the whole config is valid. */
+int plugin_configure(const char *config_json)
+{
+    char new_path[PATH_CAP] = DEFAULT_PATH;
+    bool new_fsync = false;
+    const char *value;
+
+    if (find_member(config_json, "path", &value) < 0) {
+        fprintf(stderr, "sink_file: the config is not a well-formed JSON object\n");
+        return -1;
+    }
+    if (value != NULL && (read_string(value, new_path, sizeof new_path) < 0 || !*new_path)) {
+        fprintf(stderr, "sink_file: path must be a non-empty string, under 4 KiB, without NUL\n");
+        return -1;
+    }
+    (void)find_member(config_json, "fsync", &value); /* cannot fail: the object parsed above */
+    if (value != NULL && read_bool(value, &new_fsync) < 0) {
+        fprintf(stderr, "sink_file: fsync must be true or false\n");
+        return -1;
+    }
+    memcpy(path, new_path, sizeof path);
+    sync_to_disk = new_fsync;
+    return 0;
+}
+
+int plugin_init(void)
+{
+    if (make_parent_dir() < 0)
+        return -1;
+    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        fprintf(stderr, "sink_file: cannot open %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int plugin_process(const log_entry_t *entry)
+{
+    int result;
+    return plugin_process_batch(entry, 1, &result) < 0 ? LOGLOOM_ERROR : result;
+}
+
+/* Nothing is buffered in this process: a 0 means the entry is in the file (and with fsync on the
+ * disk). A batch fails whole, to be retried, only when none of it reached the file; once part
+ * did, a retry would duplicate that part, so only the entries not written are marked -1. */
+int plugin_process_batch(const log_entry_t *entries, size_t count, int *results)
+{
+    size_t len, written;
+
+    if (count == 0)
+        return 0;
+    len = fill_batch(entries, count);
+    if (len == 0) {
+        fprintf(stderr, "sink_file: out of memory for a batch of %zu entries\n", count);
+        return LOGLOOM_ERROR;
+    }
+    written = write_all(batch_buf, len);
+    mark_written(entries, count, results, written);
+    if (written < len) {
+        fprintf(stderr, "sink_file: cannot write %s: %s\n", path, strerror(errno));
+        if (written > 0)
+            torn = batch_buf[written - 1] != '\n';
+        return written == 0 ? LOGLOOM_ERROR : 0;
+    }
+    torn = false;
+    if (sync_to_disk && fsync(fd) != 0) {
+        fprintf(stderr, "sink_file: cannot fsync %s: %s\n", path, strerror(errno));
+        mark_written(entries, count, results, 0);
+        return LOGLOOM_ERROR;
+    }
+    return 0;
+}
+
+void plugin_shutdown(void)
+{
+    if (fd >= 0 && close(fd) != 0)
+        fprintf(stderr, "sink_file: cannot close %s: %s\n", path, strerror(errno));
+    fd = -1;
+    free(batch_buf);
+    batch_buf = NULL;
+    batch_cap = 0;
+}
