@@ -12,10 +12,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
 from pipeline.entry import Entry
 from pipeline.errors import PluginLoadError
 
 PLUGIN_TYPES = ("filter", "sink", "ai", "lang")
+API_VERSION = "1.0"
+"""The plugin API this Logloom offers; a plugin may declare the range it supports as
+``"api": ">=1.0,<2"`` (PEP 440 specifiers) and is refused outside it (design §10.3)."""
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
@@ -103,6 +108,7 @@ def validate_info(raw: object, origin: str) -> PluginInfo:
     mode = raw.get("mode", "sync")
     if mode not in ("sync", "async"):
         raise PluginLoadError(f"PLUGIN_INFO mode {mode!r} is not 'sync' or 'async'")
+    _check_api(raw.get("api"))
     known = {"name", "version", "type", "author", "description", "capability", "mode"}
     return PluginInfo(
         name=name,
@@ -114,6 +120,19 @@ def validate_info(raw: object, origin: str) -> PluginInfo:
         mode=mode,
         extra={key: value for key, value in raw.items() if key not in known},
     )
+
+
+def _check_api(declared: object) -> None:
+    if declared is None:
+        return
+    try:
+        supported = SpecifierSet(str(declared))
+    except InvalidSpecifier:
+        raise PluginLoadError(f"api {declared!r} is not a version range like '>=1.0,<2'") from None
+    if not supported.contains(API_VERSION, prereleases=True):
+        raise PluginLoadError(
+            f"needs Logloom plugin API {declared}, this Logloom offers {API_VERSION}"
+        )
 
 
 def describe_exception(exc: BaseException) -> str:

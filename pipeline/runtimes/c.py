@@ -68,7 +68,8 @@ def marshal(entries: Sequence[Entry]) -> tuple[array[int], tuple[bytes, bytes]]:
     extend = texts.extend
     for entry in entries:
         get = entry.get
-        extend((get("timestamp"), get("level"), get("module"), get("message"), get("lang_key")))
+        lang_key = get("lang_key") or ""  # most entries have none; "" keeps the join fast
+        extend((get("timestamp"), get("level"), get("module"), get("message"), lang_key))
     try:
         joined = "\0".join(texts)
     except TypeError:  # a missing field, or one that is not text (a numeric module)

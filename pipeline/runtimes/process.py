@@ -102,15 +102,15 @@ class ChildLink:
             raise LinkError(f"answered invalid JSON: {answer[:80]!r}") from None
 
     def _with_exit_status(self, cause: str) -> str:
-        """Name the signal or exit code when the child died: ``killed by SIGSEGV``."""
+        """Add how the child died, if it did: ``...: killed by SIGSEGV``."""
         assert self.child is not None
         try:
             code = self.child.wait(timeout=0.2)
         except subprocess.TimeoutExpired:
             return cause
         if code < 0:
-            return f"plugin process {self.child.pid} killed by {signal.Signals(-code).name}"
-        return f"plugin process {self.child.pid} exited with status {code}"
+            return f"{cause}: killed by {signal.Signals(-code).name}"
+        return f"{cause}: exited with status {code}"
 
     def close(self) -> None:
         child, self.child = self.child, None

@@ -137,7 +137,8 @@ class RemotePlugin:
         self.config = config
         self.timeout_s = timeout_ms / 1000
         self.restarts = 0
-        self._broken: str | None = None  # the cause, while the link is down
+        self._incident: str | None = None  # the cause, logged once, until the plugin answers
+        self._needs_open = False
         self._reopen_at = 0.0
         self._failed_reopens = 0
 
@@ -152,54 +153,55 @@ class RemotePlugin:
         if not entries:
             return []
         try:
-            return self._call(entries)
+            results = self._call(entries)
         except LinkError as exc:
-            self._incident(str(exc))
+            self.mark_broken(str(exc))
             if len(entries) == 1:
                 return [Failure(str(exc))]
-        return self._one_by_one(entries)
-
-    def _call(self, entries: Sequence[Entry]) -> list[Any]:
-        if self._broken is not None:
-            self._reopen()
-        results = self.link.call(entries, time.monotonic() + self.budget_s(len(entries)))
-        if self._broken is not None:
+            results, healthy = self._one_by_one(entries)
+            if not healthy:
+                return results
+        if self._incident is not None:
             log.info("Plugin '%s' answers again", self.name)
-            self._broken = None
+            self._incident = None
         return results
 
-    def _one_by_one(self, entries: Sequence[Entry]) -> list[Any]:
-        """After a broken batch: each entry alone, so only the entries that break it fail."""
+    def _call(self, entries: Sequence[Entry]) -> list[Any]:
+        if self._needs_open:
+            self._reopen()
+        return self.link.call(entries, time.monotonic() + self.budget_s(len(entries)))
+
+    def _one_by_one(self, entries: Sequence[Entry]) -> tuple[list[Any], bool]:
+        """After a broken batch, each entry alone: only the entries that break it again fail.
+        Also says whether the plugin answered the last one."""
         results: list[Any] = []
         broken_in_a_row = 0
         for entry in entries:
             if broken_in_a_row >= ISOLATION_GIVE_UP:
-                results.append(Failure(f"plugin unavailable: {self._broken}"))
+                results.append(Failure(f"plugin unavailable: {self._incident}"))
                 continue
             try:
                 results += self._call([entry])
                 broken_in_a_row = 0
             except LinkError as exc:
-                self._incident(str(exc))
+                self.mark_broken(str(exc))
                 results.append(Failure(str(exc)))
                 broken_in_a_row += 1
-        return results
-
-    def _incident(self, cause: str) -> None:
-        """Log the first failure of an incident; close the link so the next call reopens it."""
-        if self._broken is None:
-            self.mark_broken(cause)
-        self.link.close()
+        return results, broken_in_a_row == 0
 
     def mark_broken(self, cause: str) -> None:
-        log.error("Plugin communication failed: %s: %s", self.name, cause)
-        self._broken = cause
+        """Close the link so the next call reopens it; log the first failure of an incident."""
+        if self._incident is None:
+            log.error("Plugin communication failed: %s: %s", self.name, cause)
+            self._incident = cause
+        self._needs_open = True
+        self.link.close()
 
     def _reopen(self) -> None:
         now = time.monotonic()
         if now < self._reopen_at:
             raise LinkError(
-                f"still down, next try in {self._reopen_at - now:.1f} s: {self._broken}"
+                f"still down, next try in {self._reopen_at - now:.1f} s: {self._incident}"
             )
         try:
             self.info = self.link.open(self.config)
@@ -209,6 +211,7 @@ class RemotePlugin:
             self._reopen_at = now + REOPEN_BACKOFF_S[step]
             raise LinkError(f"cannot restart: {exc}") from None
         self._failed_reopens = 0
+        self._needs_open = False
         self.restarts += 1
         PLUGIN_RESTARTS.labels(self.name, self.runtime).inc()
 
