@@ -13,7 +13,7 @@ from typing import IO, Any
 import orjson
 import redis
 
-from pipeline import dlq
+from pipeline import control, dlq
 from pipeline.config import Config, load_config
 from pipeline.discovery import find_candidates, load_plugins, plugin_config
 from pipeline.embedded import resolve_url
@@ -119,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("path", help="a Python plugin (.py or package) or a C plugin (.so)")
     plugin_commands.add_parser("cflags", help="compiler flags that find logloom_plugin.h")
+    for action, text in (
+        ("disable", "skip a plugin in every running worker (a sink pauses), until enabled"),
+        ("enable", "use a disabled plugin again in every running worker"),
+        ("reload", "load a plugin again (new code and config) in every running worker"),
+    ):
+        order = plugin_commands.add_parser(action, help=text)
+        order.add_argument("name", help="the plugin's name, as in plugins.enabled")
 
     commands.add_parser("demo", help="produce demo logs until stopped (used by `up --demo`)")
     return parser
@@ -172,9 +179,11 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         and getattr(args, "plugins_command", "validate") == "validate"
     ):
         return _validate(config)
-    if args.command == "plugins":
+    if args.command == "plugins" and args.plugins_command == "list":
         return _plugins_list(config)
     client = connect(resolve_url(config))
+    if args.command == "plugins":
+        return _plugins_order(args, config, client)
     if args.command == "produce":
         return _produce(args, config, client)
     if args.command == "status":
@@ -204,7 +213,53 @@ def _validate(config: Config) -> int:
     return 0
 
 
+def _plugins_order(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
+    if args.name not in config.enabled_plugins():
+        print(f"logloom: plugin '{args.name}' is not in plugins.enabled", file=sys.stderr)
+        return 2
+    listening = control.send(client, config.keys, args.plugins_command, args.name)
+    print(f"{args.plugins_command} '{args.name}': sent to {listening} running worker(s)")
+    return 0
+
+
 def _plugins_list(config: Config) -> int:
+    """The plugins found on disk, then what running workers report of theirs (if Redis is up)."""
+    _plugins_found(config)
+    try:
+        client = connect(resolve_url(config))
+        reports = control.worker_reports(client, config.keys)
+        disabled = control.disabled_plugins(client, config.keys)
+    except (redis.ConnectionError, redis.TimeoutError, LogloomError) as exc:
+        print(f"\n(running workers not shown: Redis unreachable: {exc})")
+        return 0
+    rows = [
+        [
+            report["worker"],
+            one["name"],
+            one["runtime"],
+            one["version"],
+            one["state"],
+            one["calls"],
+            one["entries"],
+            one["failures"],
+            one["restarts"],
+            (one["last_error"] or "-")[:60],
+        ]
+        for report in reports
+        for one in report["plugins"]
+    ]
+    print()
+    if rows:
+        header = ["WORKER", "PLUGIN", "RUNTIME", "VERSION", "STATE", "CALLS", "ENTRIES"]
+        print(table([*header, "FAILURES", "RESTARTS", "LAST ERROR"], rows))
+    else:
+        print("(no running workers)")
+    if disabled:
+        print(f"disabled at run time: {', '.join(sorted(disabled))}")
+    return 0
+
+
+def _plugins_found(config: Config) -> None:
     enabled = config.enabled_plugins()
     rows = []
     for name, candidate in sorted(find_candidates(config).items()):
@@ -215,8 +270,10 @@ def _plugins_list(config: Config) -> int:
             kind, version = "?", f"invalid: {exc}"
         state = f"enabled #{enabled.index(name) + 1}" if name in enabled else "-"
         rows.append([name, kind, version, state, candidate.path])
+    for name, service in sorted(config.plugins.services.items()):
+        state = f"enabled #{enabled.index(name) + 1}" if name in enabled else "-"
+        rows.append([name, service.type, "(service)", state, service.address])
     print(table(["NAME", "TYPE", "VERSION", "ENABLED", "PATH"], rows))
-    return 0
 
 
 def _lines(args: argparse.Namespace) -> Iterator[bytes]:

@@ -156,15 +156,32 @@ def load_candidate(
     return opened.start(plugin_settings)
 
 
-def load_service(name: str, config: Config, types: Collection[str] | None) -> Plugin | None:
-    service = config.plugins.services[name]
-    return connect_service(name, service, config.plugins.config.get(name, {}), types)
+def load_one(
+    name: str,
+    config: Config,
+    types: Collection[str] | None = None,
+    candidates: Mapping[str, Candidate] | None = None,
+) -> Plugin | None:
+    """Load the plugin enabled as ``name`` (a configured service, else a file found by name);
+    None if not of ``types``. PluginLoadError's message starts with the file at fault."""
+    if name in config.plugins.services:
+        service = config.plugins.services[name]
+        return connect_service(name, service, config.plugins.config.get(name, {}), types)
+    candidate = (find_candidates(config) if candidates is None else candidates).get(name)
+    if candidate is None:
+        where = ", ".join(str(d) for d in plugin_dirs(config))
+        raise PluginLoadError(f"'{name}': not found in {where}")
+    try:
+        return load_candidate(candidate, config, types)
+    except PluginLoadError as exc:
+        raise PluginLoadError(f"'{candidate.path.name}': {exc}") from None
 
 
 def load_plugins(
     config: Config, types: Iterable[str] | None = None, failures: list[str] | None = None
 ) -> list[GuardedPlugin]:
-    """Every enabled plugin that loads, in chain order; each failure is one [WARN] line.
+    """Every enabled plugin that loads, in chain order, each in its health guard; each failure
+    is one ``[WARN] Failed to load plugin '<file>': <reason>`` line.
 
     ``types`` keeps only plugins of those types (a filter worker needs no sinks); ``failures``,
     if given, collects the failure lines too.
@@ -174,24 +191,13 @@ def load_plugins(
     candidates = find_candidates(config)
     loaded: list[GuardedPlugin] = []
     for name in config.enabled_plugins():
-        settings = config.plugins.settings.get(name, PluginSettings())
-        if name in config.plugins.services:
-            service = load_service(name, config, wanted)
-            if service is not None:
-                loaded.append(GuardedPlugin(service, settings, timeout_ms(config, settings)))
-            continue
-        candidate = candidates.get(name)
-        if candidate is None:
-            where = ", ".join(str(d) for d in plugin_dirs(config))
-            failures.append(f"Failed to load plugin '{name}': not found in {where}")
-            log.warning("%s", failures[-1])
-            continue
         try:
-            plugin = load_candidate(candidate, config, wanted)
+            plugin = load_one(name, config, wanted, candidates)
         except PluginLoadError as exc:
-            failures.append(f"Failed to load plugin '{candidate.path.name}': {exc}")
+            failures.append(f"Failed to load plugin {exc}")
             log.warning("%s", failures[-1])
             continue
         if plugin is not None:
+            settings = config.plugins.settings.get(name, PluginSettings())
             loaded.append(GuardedPlugin(plugin, settings, timeout_ms(config, settings)))
     return loaded

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.config import PluginSettings
 from pipeline.entry import Entry
+from pipeline.errors import PluginLoadError
 from pipeline.metrics import CIRCUIT_OPEN, PLUGIN_CALL_SECONDS
 from pipeline.plugin import Failure, Plugin, PluginInfo
 
@@ -53,6 +54,8 @@ class GuardedPlugin:
         self.last_error = ""
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._over_budget = False
+        self._pending_reload: Callable[[], Plugin | None] | None = None
+        self.reloads = 0
 
     @property
     def info(self) -> PluginInfo:
@@ -82,7 +85,47 @@ class GuardedPlugin:
             return "ok"
         return "open" if time.monotonic() < self.open_until else "half-open"
 
+    def request_reload(self, load: Callable[[], Plugin | None]) -> None:
+        """Reload with ``load`` before the next call, in the thread that makes the calls."""
+        self._pending_reload = load
+
+    def apply_pending(self) -> None:
+        """Carry out a requested reload: the new plugin replaces the old one only once it has
+        loaded; if it cannot, the running one stays, with a ``[WARN]`` saying why.
+
+        An in-process C library is the exception: opened again it is the same copy in memory,
+        so it is shut down first and then configured and initialised anew (new code needs
+        ``mode: isolated``, where a reload starts a new host process).
+        """
+        load, self._pending_reload = self._pending_reload, None
+        if load is None:
+            return
+        same_copy = self.plugin.runtime == "c"
+        if same_copy:
+            self._shutdown_quietly(self.plugin)
+        try:
+            fresh = load()
+        except PluginLoadError as exc:
+            stays = "it stays shut down" if same_copy else "the running version stays"
+            log.warning("Plugin '%s': reload failed, %s: %s", self.name, stays, exc)
+            return
+        if fresh is None:
+            return
+        old, self.plugin = self.plugin, fresh
+        self.open_until, self.failed_calls_in_a_row, self.reloads = None, 0, self.reloads + 1
+        if not same_copy:
+            self._shutdown_quietly(old)
+        log.info("Plugin '%s' reloaded (version %s)", self.name, fresh.info.version)
+
+    def _shutdown_quietly(self, plugin: Plugin) -> None:
+        try:
+            plugin.shutdown()
+        except Exception as exc:  # it is being replaced either way
+            log.warning("Plugin '%s': shutdown of the old version raised %s", self.name, exc)
+
     def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
+        if self._pending_reload is not None:
+            self.apply_pending()
         if self.open_until is not None and time.monotonic() < self.open_until:
             return self._settle([Failure(CIRCUIT_OPEN_ERROR)] * len(entries), count=False)
         started = time.perf_counter()
@@ -162,6 +205,7 @@ class GuardedPlugin:
             "entries": self.entries,
             "failures": self.failures,
             "restarts": self.restarts,
+            "reloads": self.reloads,
             "last_error": self.last_error,
         }
 

@@ -10,6 +10,9 @@ logloom:filtered               stream  entries that passed every filter, ``entry
 logloom:dlq:<stage>            stream  dead letters of a stage (ingest, filter, sink, ai)
 logloom:sink:<name>:replay     stream  dead letters of one sink replayed to that sink only
 logloom:ai:results             stream  results of ai plugins
+logloom:control                pubsub  plugin disable/enable/reload orders to workers
+logloom:plugins:disabled       set     plugins disabled at run time (workers started later too)
+logloom:worker:<consumer>      string  a live worker's plugin states and counters (JSON, TTL)
 =============================  ======  ==================================================
 
 Consumer groups: ``filter`` on the ingest stream; ``sink:<name>`` on the filtered stream and on
@@ -52,6 +55,17 @@ class Keys:
     @staticmethod
     def sink_group(sink: str) -> str:
         return f"sink:{sink}"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}:control"
+
+    @property
+    def disabled_plugins(self) -> str:
+        return f"{self.prefix}:plugins:disabled"
+
+    def worker_report(self, consumer: str) -> str:
+        return f"{self.prefix}:worker:{consumer}"
 
     def all_dlqs(self) -> list[str]:
         return [self.dlq(stage) for stage in DLQ_STAGES]

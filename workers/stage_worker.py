@@ -11,17 +11,20 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
 from pipeline import metrics
-from pipeline.config import Config
-from pipeline.discovery import load_plugins
+from pipeline.config import Config, load_config
+from pipeline.control import PluginControl
+from pipeline.discovery import load_one, load_plugins
 from pipeline.embedded import resolve_url
+from pipeline.errors import ConfigError, PluginLoadError
+from pipeline.health import GuardedPlugin
 from pipeline.plugin import Plugin
 from pipeline.stages.filter import FilterStage
-from pipeline.stages.runner import StageLoop
+from pipeline.stages.runner import StageLoop, consumer_name
 from pipeline.stages.sink import SinkStage
 from pipeline.streams import connect
 
@@ -56,6 +59,20 @@ def _serve_metrics(config: Config, port: int | None) -> None:
     log.info("Worker %d: metrics on http://%s:%d/metrics", os.getpid(), config.metrics.host, bound)
 
 
+def _reloader(config: Config, stage: str) -> Callable[[str], Plugin | None]:
+    """Loads one plugin again, from the config file as it is now (plugin settings may have
+    changed too)."""
+
+    def reload(name: str) -> Plugin | None:
+        try:
+            fresh = config if config.source == "<defaults>" else load_config(config.source)
+        except ConfigError as exc:
+            raise PluginLoadError(str(exc)) from None
+        return load_one(name, fresh, [stage])
+
+    return reload
+
+
 def run_worker(
     config: Config, stage: str, metrics_port: int | None = 0, only: Sequence[str] = ()
 ) -> int:
@@ -67,6 +84,15 @@ def run_worker(
     if only:
         plugins = [plugin for plugin in plugins if plugin.name in only]
     _serve_metrics(config, metrics_port)
+    control = PluginControl(
+        client,
+        config.keys,
+        plugins,
+        _reloader(config, stage),
+        consumer_name(),
+        stage,
+    )
+    control.start(stop)
     try:
         if stage == "filter":
             if not plugins:
@@ -95,7 +121,7 @@ def run_worker(
 
 
 def _run_sinks(
-    config: Config, client: redis.Redis, sinks: Sequence[Plugin], stop: threading.Event
+    config: Config, client: redis.Redis, sinks: Sequence[GuardedPlugin], stop: threading.Event
 ) -> int:
     """One thread per sink, each with its own group and buffer; exit 1 if one of them crashed."""
     if not sinks:

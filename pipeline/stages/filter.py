@@ -18,6 +18,7 @@ from pipeline import dlq
 from pipeline.config import Config
 from pipeline.entry import Entry, decode, original_json
 from pipeline.errors import MalformedEntry
+from pipeline.health import GuardedPlugin
 from pipeline.keys import FILTER_GROUP
 from pipeline.metrics import (
     BATCH_SIZE,
@@ -38,7 +39,7 @@ class FilterStage:
     name = "filter"
     group = FILTER_GROUP
 
-    def __init__(self, config: Config, filters: Sequence[Plugin]) -> None:
+    def __init__(self, config: Config, filters: Sequence[GuardedPlugin]) -> None:
         self.keys = config.keys
         self.streams: tuple[str, ...] = (self.keys.ingest,)
         self.filters = list(filters)
@@ -115,6 +116,8 @@ class FilterStage:
         for plugin in self.filters:
             if not alive:
                 break
+            if not plugin.enabled:  # disabled at run time: as if not in the chain
+                continue
             results = plugin.call_batch([entries[i] for i in alive])
             survivors = []
             dropped = 0
@@ -201,7 +204,11 @@ class FilterStage:
         return block_ms
 
     def tick(self) -> None:
-        pass
+        for plugin in self.filters:
+            plugin.apply_pending()
+
+    def paused(self) -> bool:
+        return False
 
     def drain(self) -> None:
         pass

@@ -36,6 +36,7 @@ REDIS_DOWN_ERRORS = (
 )
 # Refusals that pass: out of memory, a failed disk write (MISCONF), a replica mid-failover.
 REFUSALS_TO_WAIT_OUT = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+PAUSED_POLL_S = 0.2
 REFUSAL_PREFIXES = ("MISCONF", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN")
 
 
@@ -60,7 +61,11 @@ class Stage(Protocol):
         """How long the next read may block (a sink shortens it to meet its flush deadline)."""
 
     def tick(self) -> None:
-        """Called after every read, batch or not: time-based work such as interval flushes."""
+        """Called after every read, batch or not: time-based work such as interval flushes,
+        and plugin reloads requested at run time."""
+
+    def paused(self) -> bool:
+        """True while the stage wants no entries (its plugin is disabled at run time)."""
 
     def drain(self) -> None:
         """Pass on everything buffered now (a sink flushes); acknowledge what is passed on."""
@@ -169,6 +174,11 @@ class StageLoop:
             self._pipeline_with_outbox().execute()
 
     def step(self) -> None:
+        if self.stage.paused():
+            self._send_outbox()
+            self.stage.tick()
+            time.sleep(PAUSED_POLL_S)
+            return
         now = time.monotonic()
         if now >= self._next_claim:
             self._send_outbox()

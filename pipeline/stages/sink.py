@@ -19,6 +19,7 @@ from pipeline import dlq
 from pipeline.config import Config
 from pipeline.entry import Entry, decode_forwarded, original_json
 from pipeline.errors import MalformedEntry
+from pipeline.health import GuardedPlugin
 from pipeline.metrics import (
     BATCH_SIZE,
     DEAD_LETTERS,
@@ -27,7 +28,7 @@ from pipeline.metrics import (
     PLUGIN_ERRORS,
     SINK_RETRIES,
 )
-from pipeline.plugin import Failure, Plugin
+from pipeline.plugin import Failure
 from pipeline.streams import Command, Message, forward_and_ack
 
 log = logging.getLogger("logloom.sink")
@@ -51,7 +52,7 @@ def delivery_error(result: object) -> str | None:
 
 
 class SinkStage:
-    def __init__(self, config: Config, plugin: Plugin, stop: threading.Event) -> None:
+    def __init__(self, config: Config, plugin: GuardedPlugin, stop: threading.Event) -> None:
         keys = config.keys
         self.plugin = plugin
         self.stop = stop
@@ -91,7 +92,12 @@ class SinkStage:
         remaining = int((self.deadline - time.monotonic()) * 1000)
         return max(1, min(block_ms, remaining))
 
+    def paused(self) -> bool:
+        """A sink disabled at run time reads nothing more; its entries wait in its group."""
+        return not self.plugin.enabled and not self.buffer
+
     def tick(self) -> None:
+        self.plugin.apply_pending()
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.flush()
 
