@@ -14,6 +14,8 @@ from pipeline.discovery import load_plugins
 from pipeline.entry import Entry, decode
 from pipeline.plugin import Plugin
 
+pytestmark = pytest.mark.plugins
+
 
 def load(name: str, **settings: Any) -> Plugin:
     (plugin,) = load_plugins(
