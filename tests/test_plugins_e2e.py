@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import orjson
 import pytest
 import redis
 from helpers import wait_for
-from plugin_kit import LOGLOOM, ROOT, build_bundled, compile_c, node_service, stop
+from plugin_kit import LOGLOOM, ROOT, build_bundled, compile_c, node_service, python_service, stop
 
 from pipeline.keys import Keys
 
@@ -28,9 +30,11 @@ def plugin_shutdown(): pass
 """
 
 
-def produce(client: redis.Redis, keys: Keys, count: int, special: dict[int, str]) -> None:
+def produce(
+    client: redis.Redis, keys: Keys, count: int, special: dict[int, str], start: int = 0
+) -> None:
     pipe = client.pipeline(transaction=False)
-    for seq in range(count):
+    for seq in range(start, start + count):
         message = special.get(seq, "noise here" if seq % 7 == 3 else f"entry {seq} ünïcode")
         entry = {"level": LEVELS[seq % 5], "module": "M", "message": message, "seq": seq}
         entry["timestamp"] = f"2025-04-30T12:{seq // 60 % 60:02d}:{seq % 60:02d}Z"
@@ -245,3 +249,63 @@ def settled(client: redis.Redis, stream: str) -> bool:
     return bool(groups) and all(
         g["pending"] == 0 and g["last-delivered-id"] == last for g in groups
     )
+
+
+def test_a_service_filter_that_dies_mid_stream_loses_nothing(
+    client: redis.Redis, write_config: Callable[..., Path], workers: Any, tmp_path: Path
+) -> None:
+    """The service crashes on one entry and is started again by its operator; every entry ends
+    up delivered or in the DLQ with the cause, and the worker never stops."""
+    sock = tmp_path / "sev.sock"
+    service = python_service(sock, LOGLOOM_SERVICE_CRASH_ON="poison")
+    out = tmp_path / "out.jsonl"
+    config = write_config(
+        plugins={
+            "enabled": ["severity_service", "sink_jsonl"],
+            "services": {"severity_service": {"address": f"unix://{sock}", "timeout_ms": 300}},
+            "settings": {"severity_service": {"circuit": {"failures": 1000}}},
+            "config": {"sink_jsonl": {"path": str(out)}},
+        }
+    )
+    worker = workers.start(config, "filter")
+    workers.start(config, "sink")
+    keys = Keys()
+    try:
+        produce(client, keys, 2000, {1001: "poison"})
+        service.wait(timeout=30)  # it died on the poison entry
+        stop(service)
+        produce(client, keys, 1000, {}, start=2000)  # while it is down
+        service = python_service(sock)  # the operator (or systemd) brings it back
+        wait_for(lambda: settled(client, keys.ingest), 60, "the filter stage")
+        probes = iter(range(3000, 3400, 4))  # a trickle, until the worker has reconnected
+
+        def reconnected() -> bool:
+            produce(client, keys, 4, {}, start=next(probes))
+            time.sleep(0.25)
+            return "answers again" in workers.output()
+
+        wait_for(reconnected, 60, "the worker to reconnect")
+        produce(client, keys, 1000, {}, start=4000)  # once it is back
+        wait_for(lambda: settled(client, keys.ingest), 60, "the filter stage")
+        wait_for(lambda: settled(client, keys.filtered), 60, "the sink stage")
+
+        letters = client.xrange(keys.dlq("filter"))
+        lost = Counter(orjson.loads(fields[b"entry"])["seq"] for _, fields in letters)
+        for _, fields in letters:
+            assert fields[b"plugin"] == b"severity_service" and fields[b"error"]
+        got = read_all_seqs(out)
+        assert 1001 in lost and got[1001] == 0, "the poison entry is in the DLQ, not delivered"
+        produced = [*range(3000), *range(3000, next(probes)), *range(4000, 5000)]
+        for seq in produced:
+            kept = seq % 5 != 0  # DEBUG is dropped, by the service
+            assert got[seq] + lost[seq] == (1 if kept or lost[seq] else 0), f"entry {seq}"
+        assert all(got[seq] == 1 for seq in range(4000, 5000) if seq % 5), "recovered"
+        assert worker.poll() is None
+        assert "Plugin communication failed: severity_service" in workers.output()
+    finally:
+        stop(service)
+
+
+def read_all_seqs(path: Path) -> Counter[int]:
+    data = path.read_bytes() if path.exists() else b""
+    return Counter(orjson.loads(line)["seq"] for line in data.splitlines())

@@ -424,3 +424,30 @@ def test_a_service_that_is_not_up_yet_fails_calls_until_it_is(tmp_path: Path) ->
     )
     (result,) = plugin.call_batch(entries(1))
     assert isinstance(result, Failure) and "cannot connect" in result.error
+
+
+def test_a_python_plugin_can_call_a_c_plugin_through_the_workers_loader(tmp_path: Path) -> None:
+    """design §5.5.10: Python plugins may call C plugins (via ``pipeline.load_plugin``)."""
+    library = build_bundled(tmp_path / "c", "filter_severity")
+    (tmp_path / "filter_wrapper.py").write_text(
+        textwrap.dedent(
+            f"""
+            from pipeline import load_plugin
+            PLUGIN_INFO = {{"name": "filter_wrapper", "version": "1.0.0", "type": "filter"}}
+            native = None
+            def plugin_init(config):
+                global native
+                native = load_plugin({str(library)!r}, {{"min_level": config["min_level"]}})
+                return 0
+            def plugin_process(entry):
+                (keep,) = native.call_batch([entry])
+                return keep and "secret" not in entry["message"]
+            def plugin_shutdown():
+                native.shutdown()
+            """
+        )
+    )
+    (wrapper,) = load(tmp_path, "filter_wrapper", config={"filter_wrapper": {"min_level": "ERROR"}})
+    batch = [Entry({"level": level, "message": m}) for level, m in
+             [("ERROR", "a"), ("WARN", "b"), ("FATAL", "secret c")]]  # fmt: skip
+    assert wrapper.call_batch(batch) == [True, False, False]

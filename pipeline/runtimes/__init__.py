@@ -26,6 +26,26 @@ class OpenedPlugin:
     start: Callable[[Mapping[str, Any]], Plugin]
 
 
+def load_plugin(
+    path: str | Path, config: Mapping[str, Any] | None = None, *, isolated: bool = False
+) -> Plugin:
+    """Load one plugin file the way workers do, for use from your own code — a Python plugin
+    calling a C one (design §5.5.10) — or a notebook. ``config`` defaults to its ``<name>.yaml``;
+    ``isolated`` runs it in a plugin host subprocess. Call ``.call_batch([...])`` on it, and
+    ``.shutdown()`` when done. PluginLoadError says why it cannot be loaded."""
+    from pipeline.runtimes.host import file_config
+    from pipeline.runtimes.process import host_command, load_in_child
+
+    path = Path(path)
+    settings = dict(file_config(path) if config is None else config)
+    if isolated:
+        runtime = "c-isolated" if c.is_c_plugin(path) else "python-subprocess"
+        plugin = load_in_child(host_command(path), str(path), runtime, settings, 500)
+        assert plugin is not None  # no type filter was asked for
+        return plugin
+    return open_plugin_file(path, settings).start(settings)
+
+
 def is_plugin_file(path: Path) -> bool:
     return (
         path.suffix == ".py"

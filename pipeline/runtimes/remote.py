@@ -29,7 +29,8 @@ MAX_ANSWER_BYTES = 8 * 1024 * 1024
 """A longer answer line is garbage: a runaway plugin must not eat the worker's memory."""
 ENTRIES_PER_TIMEOUT = 100
 """A batch of n entries gets ``timeout × (1 + n / 100)``: a 500-entry batch, six timeouts."""
-REOPEN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+REOPEN_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0)
+"""Waits between attempts to restart or reconnect; entries meanwhile fail at once (the DLQ)."""
 ISOLATION_GIVE_UP = 3
 """Entry-by-entry retries stop after this many broken links in a row: the plugin is down."""
 
