@@ -1,4 +1,4 @@
-"""``logloom status``: streams, groups, lag, pending, consumers and DLQ sizes at a glance."""
+"""``logloom status``: streams, groups, lag, pending, consumers, DLQ sizes and plugin health."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from pipeline import dlq, streams
+from pipeline import control, dlq, streams
 from pipeline.keys import Keys
 
 
@@ -47,7 +47,23 @@ def collect(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         }
         for s in dlq.summaries(client, keys)
     ]
-    return {"streams": rows, "dlq": dead}
+    return {"streams": rows, "dlq": dead, "plugins": plugin_health(client, keys)}
+
+
+def plugin_health(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Each plugin summed over the live workers that run it (from their reports)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for report in control.worker_reports(client, keys):
+        for one in report["plugins"]:
+            total = totals.setdefault(
+                one["name"],
+                {"plugin": one["name"], "runtime": one["runtime"], "workers": 0, "states": []},
+            )
+            total["workers"] += 1
+            total["states"].append(one["state"])
+            for counter in ("calls", "entries", "failures", "restarts"):
+                total[counter] = total.get(counter, 0) + one[counter]
+    return sorted(totals.values(), key=lambda total: str(total["plugin"]))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -89,4 +105,20 @@ def render(data: dict[str, Any]) -> str:
         )
         + "\n\n"
         + table(["DLQ", "SIZE", "NEWEST PLUGIN", "NEWEST ERROR"], dlq_rows)
+        + "\n\n"
+        + table(
+            ["PLUGIN", "RUNTIME", "WORKERS", "STATES", "ENTRIES", "FAILURES", "RESTARTS"],
+            [
+                [
+                    p["plugin"],
+                    p["runtime"],
+                    p["workers"],
+                    ",".join(sorted(set(p["states"]))),
+                    p["entries"],
+                    p["failures"],
+                    p["restarts"],
+                ]
+                for p in data["plugins"]
+            ],
+        )
     )

@@ -224,6 +224,9 @@ def test_disable_enable_reload_and_hot_reload_reach_running_workers(
         return [got[seq]["message"] for seq in range(start, start + len(messages)) if seq in got]
 
     assert send_and_count(0, ["red 1", "blue 1"]) == ["blue 1"]
+    health = {p["plugin"]: p for p in orjson.loads(run_cli(config, "status", "--json"))["plugins"]}
+    assert health["filter_word"]["workers"] == 1 and health["filter_word"]["runtime"] == "python"
+    assert health["sink_jsonl"]["states"] == ["ok"]
     assert "sent to 2 running worker(s)" in run_cli(config, "plugins", "disable", "filter_word")
     wait_for(lambda: "disabled" in run_cli(config, "plugins", "list"), 5, "the disabled state")
     assert send_and_count(10, ["red 2", "blue 2"]) == ["red 2", "blue 2"]
