@@ -25,7 +25,7 @@ test: lint
 
 # The bundled C plugins, built against the header the package ships.
 plugins: $(C_PLUGINS)
-plugins/c/%.so: plugins/c/%.c pipeline/include/logloom_plugin.h
+plugins/c/%.so: plugins/c/%.c plugins/c/config_json.h pipeline/include/logloom_plugin.h
 	$(CC) -Ipipeline/include -shared -fPIC -O2 -Wall -Wextra -o $@ $<
 
 # The plugin tests of design §8.3: every runtime through the real pipeline, failures included.

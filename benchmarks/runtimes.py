@@ -206,6 +206,7 @@ def build_c_plugins(workdir: Path) -> tuple[Path, Path]:
             shutil.copy(C_SETTINGS, directory / C_SETTINGS.name)
     source = build / C_SOURCE.name  # a copy: the checkout is only read
     shutil.copy(C_SOURCE, source)
+    shutil.copy(C_SOURCE.with_name("config_json.h"), build)  # the source includes it
     run_tool([cc, *flags, "-shared", "-o", str(batched / "filter_severity.so"), str(source)])
     obj, hidden = build / "filter_severity.o", build / "filter_severity.nobatch.o"
     run_tool([cc, *flags, "-c", "-o", str(obj), str(source)])

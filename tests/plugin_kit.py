@@ -35,15 +35,18 @@ def cflags() -> list[str]:
 
 def compile_c(directory: Path, file_name: str, source: str, prelude: bool = True) -> Path:
     """Build ``directory/file_name`` (a ``.so``) from C source with the machine's compiler."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.fail("no C compiler (cc) on PATH")
     directory.mkdir(parents=True, exist_ok=True)
     source_path = directory / (Path(file_name).stem + ".c")
     source_path.write_text((C_PRELUDE if prelude else "") + textwrap.dedent(source))
-    target = directory / file_name
+    return build(source_path, directory / file_name)
+
+
+def build(source: Path, target: Path) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.fail("no C compiler (cc) on PATH")
     subprocess.run(
-        [compiler, *cflags(), "-shared", "-fPIC", "-O1", "-Wall", "-o", target, source_path],
+        [compiler, *cflags(), "-shared", "-fPIC", "-O1", "-Wall", "-o", target, source],
         check=True,
     )
     return target
@@ -51,8 +54,8 @@ def compile_c(directory: Path, file_name: str, source: str, prelude: bool = True
 
 def build_bundled(directory: Path, name: str) -> Path:
     """One bundled C plugin from plugins/c, built into ``directory`` as ``<name>.so``."""
-    source = (ROOT / "plugins" / "c" / f"{name}.c").read_text()
-    built = compile_c(directory, f"{name}.so", source, prelude=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    built = build(ROOT / "plugins" / "c" / f"{name}.c", directory / f"{name}.so")
     shutil.copy(ROOT / "plugins" / "c" / f"{name}.yaml", directory / f"{name}.yaml")
     return built
 
