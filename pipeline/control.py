@@ -102,6 +102,8 @@ class PluginControl:
             order = orjson.loads(message)
             action, name = order["action"], order["plugin"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
+            order, action, name = None, None, None
+        if not isinstance(action, str) or not isinstance(name, str):
             log.warning("Ignoring a malformed control message: %r", message[:200])
             return
         plugin = self.plugins.get(name)

@@ -15,6 +15,7 @@ its stage. A plugin whose p99 call time goes over its budget costs one ``[WARN]`
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,6 +32,35 @@ log = logging.getLogger("logloom.plugins")
 CIRCUIT_OPEN_ERROR = "circuit open"
 LATENCY_WINDOW = 200
 """Calls in the window a p99 is taken over; it is checked once per window."""
+
+
+def failed(result: Any, plugin_type: str) -> bool:
+    """Whether a result is a failure: a Failure, or an answer the type does not allow."""
+    if isinstance(result, Failure):
+        return True
+    if plugin_type == "filter":
+        return result is not True and result is not False
+    if plugin_type == "sink":
+        return type(result) is not int or result != 0
+    return False
+
+
+class Unavailable:
+    """Stands in for a plugin that could not be loaded again after it was shut down."""
+
+    def __init__(self, plugin: Plugin, cause: str) -> None:
+        self.info, self.origin, self.runtime = plugin.info, plugin.origin, plugin.runtime
+        self.cause = cause
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
+        return [Failure(f"not loaded: {self.cause}")] * len(entries)
+
+    def shutdown(self) -> None:
+        pass
 
 
 def passing_result(plugin_type: str) -> Any:
@@ -55,6 +85,7 @@ class GuardedPlugin:
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._over_budget = False
         self._pending_reload: Callable[[], Plugin | None] | None = None
+        self._reload_lock = threading.Lock()
         self.reloads = 0
 
     @property
@@ -87,7 +118,8 @@ class GuardedPlugin:
 
     def request_reload(self, load: Callable[[], Plugin | None]) -> None:
         """Reload with ``load`` before the next call, in the thread that makes the calls."""
-        self._pending_reload = load
+        with self._reload_lock:
+            self._pending_reload = load
 
     def apply_pending(self) -> None:
         """Carry out a requested reload: the new plugin replaces the old one only once it has
@@ -97,7 +129,8 @@ class GuardedPlugin:
         so it is shut down first and then configured and initialised anew (new code needs
         ``mode: isolated``, where a reload starts a new host process).
         """
-        load, self._pending_reload = self._pending_reload, None
+        with self._reload_lock:
+            load, self._pending_reload = self._pending_reload, None
         if load is None:
             return
         same_copy = self.plugin.runtime == "c"
@@ -106,10 +139,15 @@ class GuardedPlugin:
         try:
             fresh = load()
         except PluginLoadError as exc:
-            stays = "it stays shut down" if same_copy else "the running version stays"
-            log.warning("Plugin '%s': reload failed, %s: %s", self.name, stays, exc)
+            # A library shut down already is not called again: its entries fail until it loads.
+            outcome = "calls fail until it loads" if same_copy else "the running version stays"
+            log.warning("Plugin '%s': reload failed, %s: %s", self.name, outcome, exc)
+            if same_copy:
+                self.plugin = Unavailable(self.plugin, str(exc))
             return
         if fresh is None:
+            if same_copy:
+                self.plugin = Unavailable(self.plugin, "no longer of this stage's type")
             return
         old, self.plugin = self.plugin, fresh
         self.open_until, self.failed_calls_in_a_row, self.reloads = None, 0, self.reloads + 1
@@ -123,11 +161,13 @@ class GuardedPlugin:
         except Exception as exc:  # it is being replaced either way
             log.warning("Plugin '%s': shutdown of the old version raised %s", self.name, exc)
 
-    def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
+    def call_batch(self, entries: Sequence[Entry], retry: bool = False) -> list[Any]:
+        """``retry``: the stage is trying these entries again (a sink's flush); such a call does
+        not count for the breaker, so one entry a sink cannot take does not open it."""
         if self._pending_reload is not None:
             self.apply_pending()
         if self.open_until is not None and time.monotonic() < self.open_until:
-            return self._settle([Failure(CIRCUIT_OPEN_ERROR)] * len(entries), count=False)
+            return self._settle([Failure(CIRCUIT_OPEN_ERROR)] * len(entries), called=False)
         started = time.perf_counter()
         results = self.plugin.call_batch(entries)
         elapsed = time.perf_counter() - started
@@ -139,20 +179,24 @@ class GuardedPlugin:
             results = [
                 Failure(f"answered {len(results)} results for {len(entries)} entries")
             ] * len(entries)
-        return self._settle(results, count=True)
+        return self._settle(results, called=True, retry=retry)
 
-    def _settle(self, results: list[Any], count: bool) -> list[Any]:
+    def _settle(self, results: list[Any], called: bool, retry: bool = False) -> list[Any]:
         """Count failures, move the breaker, and apply ``on_failure``."""
-        failed = [result for result in results if isinstance(result, Failure)]
-        if count:
-            self._track(len(failed), len(results), failed[-1].error if failed else "")
-        if not failed or self.settings.on_failure == "dlq":
+        kind = self.info.type
+        failures = [result for result in results if failed(result, kind)]
+        if called:
+            self.failures += len(failures)
+        if called and (not retry or self.open_until is not None):  # a probe always counts
+            last = failures[-1] if failures else None
+            cause = last.error if isinstance(last, Failure) else f"returned {last!r}"
+            self._track(len(failures), len(results), cause if failures else "")
+        if not failures or self.settings.on_failure == "dlq":
             return results
-        passing = passing_result(self.info.type)
-        return [passing if isinstance(result, Failure) else result for result in results]
+        passing = passing_result(kind)
+        return [passing if failed(result, kind) else result for result in results]
 
     def _track(self, failed: int, total: int, last_error: str) -> None:
-        self.failures += failed
         if failed < total:
             if self.open_until is not None:
                 log.info("Plugin '%s': circuit closed, the plugin answers again", self.name)

@@ -128,3 +128,34 @@ def test_a_reload_swaps_the_plugin_between_calls_or_keeps_the_old_one() -> None:
 
     guard.request_reload(broken)
     assert guard.call_batch(BATCH) == [True] * 3 and not new.stopped and guard.reloads == 1
+
+
+def test_a_sinks_retries_and_its_error_codes_count_as_they_should() -> None:
+    """A sink retrying one entry it cannot take does not open the breaker; an int other than 0
+    from a sink is a failure like an exception."""
+    plugin = Scripted(kind="sink", answer=-1)
+    guard = guarded(plugin)
+    guard.call_batch(BATCH)
+    for _ in range(10):
+        guard.call_batch(BATCH, retry=True)
+    assert guard.state == "ok" and guard.failures == 33
+    for _ in range(2):
+        guard.call_batch(BATCH)
+    assert guard.state == "open", "three first attempts in a row failed outright"
+
+
+def test_a_c_library_whose_reload_fails_is_not_called_after_its_shutdown() -> None:
+    old = Scripted(answer=True)
+    old.runtime = "c"  # type: ignore[misc]
+    guard = guarded(old)
+
+    def broken() -> Scripted:
+        raise PluginLoadError("plugin_init() returned -1, expected 0")
+
+    guard.request_reload(broken)
+    calls = old.calls
+    (result,) = guard.call_batch(BATCH[:1])
+    assert old.stopped and old.calls == calls
+    assert result == Failure("not loaded: plugin_init() returned -1, expected 0")
+    guard.request_reload(lambda: Scripted(answer=True))
+    assert guard.call_batch(BATCH[:1]) == [True]

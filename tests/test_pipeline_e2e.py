@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,8 @@ def test_an_always_failing_sink_fills_its_dlq_and_never_blocks_the_other(
                 "sink_jsonl": {"path": str(out)},
                 "sink_broken": {"path": str(broken_out), "down_flag": str(flag)},
             },
+            # The breaker would hold the entries back instead (the next test): off here.
+            "settings": {"sink_broken": {"circuit": {"failures": 1_000_000}}},
         },
         sink={"retry": {"max_attempts": 3, "backoff_initial_ms": 50, "backoff_max_ms": 100}},
     )
@@ -279,6 +282,45 @@ def test_an_always_failing_sink_fills_its_dlq_and_never_blocks_the_other(
     assert set(wait_delivered(broken_out, expected)) == expected
     assert client.xlen(KEYS.dlq("sink")) == 0
     assert max(read_seqs(out).values()) == 1, "replay reached only the sink that failed"
+
+
+def test_a_sink_whose_destination_is_down_holds_its_entries_until_it_is_back(
+    client: redis.Redis,
+    write_config: Callable[..., Path],
+    write_plugin: Callable[..., Path],
+    workers: Any,
+    tmp_path: Path,
+) -> None:
+    """The breaker opens after a few failed flushes; then the sink waits rather than spend its
+    attempts, so what it could not deliver stays pending, not dead-lettered."""
+    write_plugin("sink_broken", BROKEN_SINK)
+    out, flag = tmp_path / "out.jsonl", tmp_path / "down"
+    flag.touch()
+    config = write_config(
+        plugins={
+            "enabled": ["log_filter_severity", "sink_broken"],
+            "config": {"sink_broken": {"path": str(out), "down_flag": str(flag)}},
+            "settings": {"sink_broken": {"circuit": {"failures": 2, "cooldown_s": 0.5}}},
+        },
+        sink={"retry": {"max_attempts": 2, "backoff_initial_ms": 50, "backoff_max_ms": 100}},
+    )
+    expected, _ = produce_mixed(client, 3000)
+    workers.start(config, "filter")
+    workers.start(config, "sink")
+    wait_for(lambda: "circuit open" in workers.output(), 30, "the breaker to open")
+    time.sleep(2)  # a few cooldowns: the sink waits, its entries stay pending
+    dead = client.xlen(KEYS.dlq("sink"))
+    assert dead <= 2 * 200, "at most the batches tried before the breaker opened"
+    flag.unlink()
+    seqs = wait_delivered(out, expected - dead_seqs(client))
+    assert client.xlen(KEYS.dlq("sink")) == dead, "nothing more dead-lettered"
+    assert set(seqs) | dead_seqs(client) == expected
+
+
+def dead_seqs(client: redis.Redis) -> set[int]:
+    return {
+        int(orjson.loads(fields[b"entry"])["seq"]) for _, fields in client.xrange(KEYS.dlq("sink"))
+    }
 
 
 def test_a_filter_that_raises_or_answers_garbage_dead_letters_only_those_entries(

@@ -451,3 +451,33 @@ def test_a_python_plugin_can_call_a_c_plugin_through_the_workers_loader(tmp_path
     batch = [Entry({"level": level, "message": m}) for level, m in
              [("ERROR", "a"), ("WARN", "b"), ("FATAL", "secret c")]]  # fmt: skip
     assert wrapper.call_batch(batch) == [True, False, False]
+
+
+def test_a_pretty_printed_entry_does_not_split_the_protocol_line(tmp_path: Path) -> None:
+    """JSON may hold raw newlines; sent as is it would be two requests and every later answer
+    would belong to the batch before it."""
+    (plugin,) = load(tmp_path, "log_filter_severity", python={"mode": "subprocess"})
+    pretty = decode(b"1-0", {b"entry": b'{\n  "level": "DEBUG",\n  "message": "a"\n}\n'}, 999)[0]
+    for _ in range(3):
+        batch = [pretty, *entries(4)]
+        assert plugin.call_batch(batch) == [False, *python_reference(batch[1:])]
+    plugin.shutdown()
+
+
+def test_a_batch_function_that_leaves_results_unset_fails_those_entries(tmp_path: Path) -> None:
+    compile_c(
+        tmp_path,
+        "filter_lazy.so",
+        """
+        int plugin_process(const log_entry_t *e) { (void)e; return 1; }
+        int plugin_process_batch(const log_entry_t *e, size_t n, int *results) {
+            (void)e;
+            if (n > 0) results[0] = 1;
+            return 0;
+        }
+        """,
+    )
+    (plugin,) = load(tmp_path, "filter_lazy")
+    first, second = plugin.call_batch([Entry({"message": "a"}), Entry({"message": "b"})])
+    assert first is True
+    assert second == Failure("plugin_process_batch() set no result for this entry")

@@ -29,6 +29,7 @@ FIELDS_PER_ENTRY = 6  # timestamp, level, module, message, lang_key, json: all c
 POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)
 ENTRY_SIZE = FIELDS_PER_ENTRY * POINTER_SIZE
 SUFFIXES = (".so", ".dylib")
+NO_RESULT = -(2**31)  # INT_MIN: a batch result the plugin did not write
 
 
 INFO_FIELDS = ("name", "version", "author", "type", "capability", "mode")
@@ -164,7 +165,7 @@ class CPlugin:
         words, buffer = marshal(entries)
         base = words.buffer_info()[0]
         if self._batch is not None:
-            codes = array("i", bytes(4 * len(entries)))
+            codes = array("i", [NO_RESULT]) * len(entries)
             status = self._batch(base, len(entries), codes.buffer_info()[0])
             if status < 0:
                 return [Failure(f"plugin_process_batch() returned {status}")] * len(entries)
@@ -175,6 +176,8 @@ class CPlugin:
         return [self._result(code) for code in codes]
 
     def _result(self, code: int) -> bool | int | Failure:
+        if code == NO_RESULT:
+            return Failure("plugin_process_batch() set no result for this entry")
         if self._is_filter:
             if code == 1:
                 return True

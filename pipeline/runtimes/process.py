@@ -20,11 +20,17 @@ from typing import Any
 
 import orjson
 
-from pipeline.embedded import die_with_parent
 from pipeline.entry import Entry
 from pipeline.errors import PluginLoadError
 from pipeline.plugin import PluginInfo, validate_info
-from pipeline.runtimes.remote import LinkError, RemotePlugin, batch_results, read_line, write_all
+from pipeline.runtimes.remote import (
+    LinkError,
+    RemotePlugin,
+    batch_results,
+    entries_json,
+    read_line,
+    write_all,
+)
 
 START_TIMEOUT_S = 15.0
 """For the child to start and answer ``info`` and ``init`` (imports can be slow)."""
@@ -57,14 +63,11 @@ class ChildLink:
         """Start the child and ask who it is, without initialising the plugin."""
         self.close()
         try:
-            self.child = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                preexec_fn=die_with_parent,  # only sets PDEATHSIG
-            )
-        except OSError as exc:
-            raise LinkError(f"cannot start {self.argv[0]}: {exc.strerror}") from None
+            # No PDEATHSIG: it follows the thread that started the child, not the process. The
+            # host ends when its stdin does, which is when this process goes, however it goes.
+            self.child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise LinkError(f"cannot start {self.argv[0]}: {exc}") from None
         assert self.child.stdin is not None and self.child.stdout is not None
         os.set_blocking(self.child.stdin.fileno(), False)
         os.set_blocking(self.child.stdout.fileno(), False)
@@ -84,7 +87,7 @@ class ChildLink:
         return answer
 
     def call(self, entries: Sequence[Entry], deadline: float) -> list[Any]:
-        line = b'{"batch":[' + b",".join([entry.to_json() for entry in entries]) + b"]}\n"
+        line = b'{"batch":[' + entries_json(entries) + b"]}\n"
         return batch_results(self._exchange(line, deadline), len(entries))
 
     def _exchange(self, line: bytes, deadline: float) -> Any:
@@ -96,6 +99,8 @@ class ChildLink:
             answer = read_line(child.stdout.fileno(), self._buffer, deadline, self.what)
         except LinkError as exc:
             raise LinkError(self._with_exit_status(str(exc))) from None
+        if self._buffer:  # one request, one line: more means the two sides are out of step
+            raise LinkError(f"answered more than one line: {bytes(self._buffer[:80])!r}")
         try:
             return orjson.loads(answer)
         except orjson.JSONDecodeError:
@@ -109,7 +114,11 @@ class ChildLink:
         except subprocess.TimeoutExpired:
             return cause
         if code < 0:
-            return f"{cause}: killed by {signal.Signals(-code).name}"
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"{cause}: killed by {name}"
         return f"{cause}: exited with status {code}"
 
     def close(self) -> None:

@@ -115,7 +115,7 @@ class PythonPlugin:
         for entry in entries:
             try:
                 append(hook(entry))
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the worker
                 append(Failure(describe_exception(exc)))
         return results
 
@@ -124,7 +124,7 @@ class PythonPlugin:
         assert self._batch_hook is not None
         try:
             answer = self._batch_hook(list(entries))
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             return [Failure(describe_exception(exc))] * len(entries)
         if isinstance(answer, int) and not isinstance(answer, bool):
             return [answer] * len(entries)

@@ -18,6 +18,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import orjson
+
 from pipeline.entry import Entry
 from pipeline.errors import PluginCallError
 from pipeline.metrics import PLUGIN_RESTARTS
@@ -60,8 +62,8 @@ def write_all(fd: int, data: bytes, deadline: float, what: str) -> None:
             written = os.write(fd, view)
         except BlockingIOError:
             written = 0
-        except (BrokenPipeError, ConnectionError) as exc:
-            raise LinkError(f"{what} closed the connection ({exc.strerror})") from None
+        except OSError as exc:  # a closed pipe, a reset or unreachable peer
+            raise LinkError(f"{what}: {exc.strerror or type(exc).__name__}") from None
         view = view[written:]
         if view:
             select.select([], [fd], [], _remaining(deadline, what))
@@ -85,8 +87,8 @@ def read_line(fd: int, buffer: bytearray, deadline: float, what: str) -> bytes:
             chunk = os.read(fd, 1 << 20)
         except BlockingIOError:
             continue
-        except ConnectionError as exc:
-            raise LinkError(f"{what} closed the connection ({exc.strerror})") from None
+        except OSError as exc:
+            raise LinkError(f"{what}: {exc.strerror or type(exc).__name__}") from None
         if not chunk:
             half = f" after half a line ({len(buffer)} bytes)" if buffer else ""
             raise LinkError(f"{what} closed the connection{half}")
@@ -98,6 +100,22 @@ def _remaining(deadline: float, what: str) -> float:
     if remaining <= 0:
         raise LinkError(f"{what} did not answer in time")
     return remaining
+
+
+def entries_json(entries: Sequence[Entry]) -> bytes:
+    """The entries as a comma-separated run of JSON objects, on one line whatever they hold.
+
+    Each entry's own bytes are reused; one a producer sent pretty-printed (JSON may hold raw
+    newlines between tokens) is encoded again, or it would split the protocol's line in two.
+    """
+    body = b",".join([entry.to_json() for entry in entries])
+    if b"\n" in body:
+        parts = []
+        for entry in entries:
+            raw = entry.to_json()
+            parts.append(orjson.dumps(entry) if b"\n" in raw else raw)
+        body = b",".join(parts)
+    return body
 
 
 def batch_results(answer: Any, count: int) -> list[Any]:
@@ -114,8 +132,9 @@ def batch_results(answer: Any, count: int) -> list[Any]:
     if not isinstance(errors, dict):
         raise LinkError("answered 'errors' that is not an object")
     for index, error in errors.items():
-        if str(index).isdigit() and int(index) < count:
-            results[int(index)] = Failure(str(error))
+        position = int(index) if str(index).isdecimal() and str(index).isascii() else count
+        if position < count:
+            results[position] = Failure(str(error))
     return results
 
 
@@ -157,8 +176,10 @@ class RemotePlugin:
             results = self._call(entries)
         except LinkError as exc:
             self.mark_broken(str(exc))
-            if len(entries) == 1:
-                return [Failure(str(exc))]
+            if len(entries) == 1 or self.info.type == "sink":
+                # A sink's batch may have been delivered before the link broke: the sink stage
+                # retries it whole, rather than this sending it once more entry by entry.
+                return [Failure(str(exc))] * len(entries)
             results, healthy = self._one_by_one(entries)
             if not healthy:
                 return results

@@ -23,7 +23,14 @@ from pipeline.config import ServiceConfig
 from pipeline.entry import Entry
 from pipeline.errors import ConfigError, PluginLoadError
 from pipeline.plugin import PluginInfo, validate_info
-from pipeline.runtimes.remote import LinkError, RemotePlugin, batch_results, read_line, write_all
+from pipeline.runtimes.remote import (
+    LinkError,
+    RemotePlugin,
+    batch_results,
+    entries_json,
+    read_line,
+    write_all,
+)
 
 
 def parse_address(address: str) -> tuple[int, Any]:
@@ -67,7 +74,7 @@ class SocketLink:
         sock.settimeout(self.connect_timeout_s)
         try:
             sock.connect(self.sockaddr)
-        except OSError as exc:
+        except OSError as exc:  # refused, missing socket file, timeout, unreachable, DNS
             sock.close()
             reason = exc.strerror or type(exc).__name__
             raise LinkError(f"cannot connect to {self.what}: {reason}") from None
@@ -95,7 +102,7 @@ class SocketLink:
         request_id = next(self._ids)
         line = b'{"jsonrpc":"2.0","id":%d,"method":"process_batch","params":{"entries":[%b]}}\n' % (
             request_id,
-            b",".join([entry.to_json() for entry in entries]),
+            entries_json(entries),
         )
         answer = self._exchange(line, request_id, deadline)
         if "error" in answer:

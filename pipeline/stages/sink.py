@@ -4,8 +4,9 @@ Every sink reads through its own group (``sink:<name>``) in its own thread, so a
 sink never holds back another. Entries are flushed when ``sink.batch_size`` are buffered or the
 oldest has waited ``sink.flush_interval_ms``. The stage, not the plugin, owns retries: a failed
 flush is retried with exponential backoff for the entries that failed, and after
-``sink.retry.max_attempts`` they go to the sink DLQ. An entry is acknowledged only once the sink
-has it or the DLQ does.
+``sink.retry.max_attempts`` they go to the sink DLQ. While the plugin's circuit breaker is open
+(its destination is down), the stage waits instead of spending attempts. An entry is
+acknowledged only once the sink has it or the DLQ does.
 """
 
 from __future__ import annotations
@@ -120,8 +121,12 @@ class SinkStage:
         self.deadline = time.monotonic() + self.interval_s if self.buffer else None
         BATCH_SIZE.labels(self.name).observe(len(batch))
         delay_s = self.retry.backoff_initial_ms / 1000
-        for attempt in range(1, self.retry.max_attempts + 1):
-            results = self.plugin.call_batch([one.entry for one in batch])
+        attempt = 0
+        while attempt < self.retry.max_attempts:
+            if self._wait_out_open_circuit():
+                return
+            attempt += 1
+            results = self.plugin.call_batch([one.entry for one in batch], retry=attempt > 1)
             failed = []
             delivered = []
             for one, result in zip(batch, results, strict=True):
@@ -135,10 +140,12 @@ class SinkStage:
                 return
             PLUGIN_ERRORS.labels(self.plugin.name, self.plugin.info.type).inc(len(failed))
             cause = failed[0][1]
-            if attempt == self.retry.max_attempts:
+            if self.plugin.state == "open":
+                attempt -= 1  # the breaker holds the batch: no attempt spent while it is open
+            elif attempt == self.retry.max_attempts:
                 self._dead_letter(failed, attempt)
                 return
-            if attempt == 1:
+            if attempt == 1 and self.plugin.state != "open":
                 log.warning(
                     "Sink '%s': flush of %d entries failed: %s; retrying up to %d times",
                     self.plugin.name,
@@ -157,6 +164,17 @@ class SinkStage:
             SINK_RETRIES.labels(self.plugin.name).inc()
             delay_s = min(delay_s * 2, self.retry.backoff_max_ms / 1000)
             batch = [one for one, _ in failed]
+
+    def _wait_out_open_circuit(self) -> bool:
+        """While the plugin's circuit is open, wait instead of spending attempts: a sink that is
+        down keeps its entries (pending, in order) rather than filling the DLQ. True if the
+        worker is stopping meanwhile (the entries stay pending for the next worker)."""
+        open_until = self.plugin.open_until
+        while open_until is not None and (wait_s := open_until - time.monotonic()) > 0:
+            if self.stop.wait(wait_s):
+                return True
+            open_until = self.plugin.open_until
+        return False
 
     def _acknowledge(self, delivered: list[Buffered]) -> None:
         """Queue the XACKs of what the sink has; they go with the next read."""
