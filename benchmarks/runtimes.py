@@ -39,6 +39,7 @@ from benchmarks.figures import (
     load_stream,
     raw_filter_loop,
     redis_server,
+    stop_process,
     time_stage,
 )
 from pipeline.config import Config, parse_config
@@ -254,12 +255,7 @@ def severity_service(workdir: Path) -> Iterator[str]:
             raise BenchmarkError(f"severity service said {line!r}, expected 'listening on ...'")
         yield f"unix://{socket_path}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         if process.stdout is not None:
             process.stdout.close()
 
