@@ -6,7 +6,9 @@ that speaks its protocol. :class:`RemotePlugin` turns a link into a Plugin that 
 every call has a deadline that grows with the batch, a broken link (crash, hang, garbage, a
 half line, an oversized answer) is logged once per incident as ``[ERROR] Plugin communication
 failed: <plugin>: <cause>`` and opened again, with backoff when reopening fails. The entries of
-a batch that broke the link are retried one by one, so only the one that breaks it again fails.
+a filter's batch that broke the link are retried one by one, so only the one that breaks it
+again fails; a sink's batch fails whole, since it may have been delivered, and the sink stage
+retries it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ ISOLATION_GIVE_UP = 3
 
 
 class LinkError(PluginCallError):
-    """The link to a plugin broke; the message is the cause, e.g. ``no answer within 500 ms``."""
+    """The link to a plugin broke; the message is the cause, e.g. ``plugin process 4711 did not
+    answer in time``."""
 
 
 class Link(Protocol):
