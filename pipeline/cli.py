@@ -199,9 +199,11 @@ def _validate(config: Config) -> int:
     failures: list[str] = []
     loaded = load_plugins(config, failures=failures)
     for plugin in loaded:
+        down = getattr(plugin.plugin, "down", None)  # a service that is not up (yet)
         print(
-            f"ok  {plugin.name} {plugin.info.version} ({plugin.info.type}, {plugin.runtime}) "
-            f"{plugin.origin}"
+            f"{'down' if down else 'ok'}  {plugin.name} {plugin.info.version} "
+            f"({plugin.info.type}, {plugin.runtime}) {plugin.origin}"
+            + (f": {down}; its entries fail until it answers" if down else "")
         )
         plugin.shutdown()
     if failures:

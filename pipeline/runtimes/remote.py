@@ -69,7 +69,7 @@ def write_all(fd: int, data: bytes, deadline: float, what: str) -> None:
             raise LinkError(f"{what}: {exc.strerror or type(exc).__name__}") from None
         view = view[written:]
         if view:
-            select.select([], [fd], [], _remaining(deadline, what))
+            _wait(fd, select.POLLOUT, deadline, what)
 
 
 def read_line(fd: int, buffer: bytearray, deadline: float, what: str) -> bytes:
@@ -84,7 +84,7 @@ def read_line(fd: int, buffer: bytearray, deadline: float, what: str) -> bytes:
             raise LinkError(
                 f"answer over {MAX_ANSWER_BYTES // (1024 * 1024)} MiB without a newline"
             )
-        if not select.select([fd], [], [], _remaining(deadline, what))[0]:
+        if not _wait(fd, select.POLLIN, deadline, what):
             continue
         try:
             chunk = os.read(fd, 1 << 20)
@@ -98,11 +98,15 @@ def read_line(fd: int, buffer: bytearray, deadline: float, what: str) -> bytes:
         buffer += chunk
 
 
-def _remaining(deadline: float, what: str) -> float:
+def _wait(fd: int, event: int, deadline: float, what: str) -> bool:
+    """Wait for ``fd`` to be ready (poll: any fd number, unlike select); LinkError at the
+    deadline. False if woken without it being ready."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise LinkError(f"{what} did not answer in time")
-    return remaining
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(1, int(remaining * 1000))))
 
 
 def entries_json(entries: Sequence[Entry]) -> bytes:
@@ -168,6 +172,11 @@ class RemotePlugin:
     @property
     def name(self) -> str:
         return self.info.name
+
+    @property
+    def down(self) -> str | None:
+        """Why the plugin cannot be reached right now, or None."""
+        return self._incident
 
     def budget_s(self, count: int) -> float:
         return self.timeout_s * (1 + count / ENTRIES_PER_TIMEOUT)
