@@ -13,7 +13,7 @@ from typing import IO, Any
 import orjson
 import redis
 
-from pipeline import control, dlq
+from pipeline import ai, control, dlq
 from pipeline.config import Config, load_config
 from pipeline.discovery import find_candidates, load_plugins, plugin_config
 from pipeline.embedded import resolve_url
@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="also run a producer of demo logs")
 
     worker = commands.add_parser("worker", help="run one stage worker; start more to scale out")
-    worker.add_argument("--stage", required=True, choices=["filter", "sink"])
+    worker.add_argument("--stage", required=True, choices=["filter", "sink", "ai"])
     worker.add_argument(
         "--sink",
         action="append",
@@ -127,6 +127,14 @@ def _parser() -> argparse.ArgumentParser:
         order = plugin_commands.add_parser(action, help=text)
         order.add_argument("name", help="the plugin's name, as in plugins.enabled")
 
+    analysis = commands.add_parser("ai", help="results of ai plugins")
+    ai_commands = analysis.add_subparsers(dest="ai_command", required=True, metavar="ACTION")
+    tail = ai_commands.add_parser("tail", help="the newest ai results, and new ones as they come")
+    tail.add_argument("--plugin", help="only this plugin's results")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new results")
+    tail.add_argument("--count", "-n", type=int, default=20, help="how many to show first")
+    tail.add_argument("--json", action="store_true", help="one JSON object a line")
+
     commands.add_parser("demo", help="produce demo logs until stopped (used by `up --demo`)")
     return parser
 
@@ -156,6 +164,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from workers.supervisor import up
 
         return up(config, demo=args.demo)
+    if args.command == "worker" and args.stage == "ai":
+        from workers.ai_worker import run_ai_worker
+
+        return run_ai_worker(config)
     if args.command == "worker":
         from workers.stage_worker import run_worker
 
@@ -184,6 +196,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     client = connect(resolve_url(config))
     if args.command == "plugins":
         return _plugins_order(args, config, client)
+    if args.command == "ai":
+        return _ai_tail(args, config, client)
     if args.command == "produce":
         return _produce(args, config, client)
     if args.command == "status":
@@ -213,6 +227,28 @@ def _validate(config: Config) -> int:
         return 2
     print(f"{config.source}: valid; {len(loaded)} plugin(s) loaded")
     return 0
+
+
+def _ai_tail(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
+    """Print ai results oldest first, then (``--follow``) new ones as they are XADDed."""
+    for item in ai.read_results(client, config.keys, args.count, args.plugin, args.follow):
+        print(_ai_line(item, args.json), flush=True)
+    return 0
+
+
+def _ai_line(item: tuple[bytes, dict[bytes, bytes]], as_json: bool) -> str:
+    stream_id, fields = item
+    data = {key.decode(): value.decode(errors="replace") for key, value in fields.items()}
+    result = orjson.loads(data.get("result", "null"))
+    if as_json:
+        return orjson.dumps({**data, "id": stream_id.decode(), "result": result}).decode()
+    text = result.get("summary") if isinstance(result, dict) and "summary" in result else result
+    kind = "final" if data.get("final") == "1" else "partial"
+    shown = text if isinstance(text, str) else orjson.dumps(text).decode()
+    return (
+        f"{stream_id.decode()}  {data.get('plugin')}  job {data.get('job', '')[:8]} "
+        f"#{data.get('seq')} {kind}: {shown}"
+    )
 
 
 def _plugins_order(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:

@@ -70,6 +70,18 @@ class SinkConfig:
 
 
 @dataclass
+class AiConfig:
+    workers: int = 1
+    batch_size: int = 1000
+    flush_interval_ms: int = 2000
+    max_queued_jobs: int = 20
+    job_timeout_s: int = 300
+    retries: int = 2
+    retry_intervals_s: list[int] = field(default_factory=lambda: [1, 5])
+    failed_sweep_interval_s: float = 5.0
+
+
+@dataclass
 class MetricsConfig:
     host: str = "127.0.0.1"
     port: int = 9464
@@ -133,6 +145,7 @@ class Config:
     stages: StagesConfig = field(default_factory=StagesConfig)
     filter: WorkersConfig = field(default_factory=WorkersConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    ai: AiConfig = field(default_factory=AiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
@@ -236,6 +249,9 @@ def _check_values(config: Config) -> None:
         "stages.batch_size": config.stages.batch_size,
         "sink.batch_size": config.sink.batch_size,
         "sink.retry.max_attempts": config.sink.retry.max_attempts,
+        "ai.batch_size": config.ai.batch_size,
+        "ai.max_queued_jobs": config.ai.max_queued_jobs,
+        "ai.job_timeout_s": config.ai.job_timeout_s,
         "stages.max_deliveries": config.stages.max_deliveries,
     }
     for key, value in positive.items():

@@ -9,14 +9,16 @@ logloom:ingest                 stream  producers XADD here (``entry`` JSON or fl
 logloom:filtered               stream  entries that passed every filter, ``entry`` JSON
 logloom:dlq:<stage>            stream  dead letters of a stage (ingest, filter, sink, ai)
 logloom:sink:<name>:replay     stream  dead letters of one sink replayed to that sink only
-logloom:ai:results             stream  results of ai plugins
+logloom:ai:results             stream  results of ai plugins, streamed as produced
+logloom:ai:replay              stream  replayed ai dead letters; read by the ai stage only
+rq:queue:logloom-ai            list    RQ's queue of ai jobs (RQ's own keys; name ``<prefix>-ai``)
 logloom:control                pubsub  plugin disable/enable/reload orders to workers
 logloom:plugins:disabled       set     plugins disabled at run time (workers started later too)
 logloom:worker:<consumer>      string  a live worker's plugin states and counters (JSON, TTL)
 =============================  ======  ==================================================
 
 Consumer groups: ``filter`` on the ingest stream; ``sink:<name>`` on the filtered stream and on
-that sink's replay stream.
+that sink's replay stream; ``ai`` on the filtered stream and the ai replay stream.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 DEFAULT_PREFIX = "logloom"
 DLQ_STAGES = ("ingest", "filter", "sink", "ai")
 FILTER_GROUP = "filter"
+AI_GROUP = "ai"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,15 @@ class Keys:
     @property
     def ai_results(self) -> str:
         return f"{self.prefix}:ai:results"
+
+    @property
+    def ai_replay(self) -> str:
+        return f"{self.prefix}:ai:replay"
+
+    @property
+    def ai_queue(self) -> str:
+        """The RQ queue name (RQ keys it as ``rq:queue:<name>``)."""
+        return f"{self.prefix}-ai"
 
     def dlq(self, stage: str) -> str:
         return f"{self.prefix}:dlq:{stage}"

@@ -99,7 +99,7 @@ class PythonPlugin:
             for hook in PROCESS_HOOKS[info.type]
             if hook != "flush" and callable(getattr(module, hook, None))
         ]
-        self._entry_hook: Callable[[Entry], Any] | None = entry_hooks[0] if entry_hooks else None
+        self.entry_hook: Callable[[Entry], Any] | None = entry_hooks[0] if entry_hooks else None
 
     @property
     def name(self) -> str:
@@ -108,7 +108,7 @@ class PythonPlugin:
     def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
         if self._batch_hook is not None:
             return self._flush(entries)
-        hook = self._entry_hook
+        hook = self.entry_hook
         assert hook is not None, "validated at load: a plugin without flush() has a per-entry hook"
         results: list[Any] = []
         append = results.append

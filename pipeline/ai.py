@@ -1,0 +1,204 @@
+"""AI analysis as RQ jobs: what runs in ``logloom worker --stage ai``, and its results stream.
+
+The ai stage (:mod:`pipeline.stages.ai`) hands batches of entries to RQ jobs that run
+:func:`analyze_batch`. The job feeds each entry to the ai plugin (``analyze(entry)`` or
+``plugin_process(entry)``, CONTRACT §3) and XADDs every result to ``logloom:ai:results`` the
+moment it exists: a generator's yields as partial results, then a final one. A job that raises
+or times out is retried by RQ; when its retries are spent RQ keeps it in its failed registry
+(traceback included) and :func:`dead_letter_failed_jobs` moves its entries to
+``logloom:dlq:ai``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+import orjson
+import redis
+from rq import get_current_job
+from rq.job import Job
+from rq.queue import Queue
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from pipeline import dlq
+from pipeline.config import Config, load_config
+from pipeline.discovery import load_one
+from pipeline.entry import Entry
+from pipeline.errors import PluginCallError
+from pipeline.keys import Keys
+from pipeline.plugin import Failure, Plugin
+from pipeline.runtimes.python import PythonPlugin
+
+log = logging.getLogger("logloom.ai")
+
+RESULTS_MAX_LEN = 100_000
+"""``logloom:ai:results`` keeps about this many results (XADD MAXLEN ~)."""
+
+_plugins: dict[tuple[str, str], Plugin] = {}  # per worker process: plugins keep their state
+
+
+def plugin_for(name: str, config_source: str) -> Plugin:
+    """The ai plugin ``name``, loaded once per worker process (a summariser's memory of earlier
+    batches survives from one job to the next)."""
+    key = (name, config_source)
+    if key not in _plugins:
+        config = load_config(None if config_source == "<defaults>" else config_source)
+        plugin = load_one(name, config, ["ai"])
+        if plugin is None:
+            raise PluginCallError(f"plugin '{name}' is not an ai plugin")
+        _plugins[key] = plugin
+    return _plugins[key]
+
+
+def shutdown_plugins() -> None:
+    for plugin in _plugins.values():
+        plugin.shutdown()
+    _plugins.clear()
+
+
+def is_nothing(result: Any) -> bool:
+    """The design's ``{"summary": None}`` (and None, {}) means "nothing to say yet"."""
+    return result is None or result == {} or result == {"summary": None}
+
+
+def results_of(plugin: Plugin, entry: Entry) -> Iterator[tuple[Any, bool]]:
+    """``(result, final)`` pairs for one entry, as the plugin produces them.
+
+    An in-process Python plugin's generator is iterated as it yields (partials, then the last
+    yield is final); other runtimes answer once.
+    """
+    if isinstance(plugin, PythonPlugin) and plugin.entry_hook is not None:
+        answer = plugin.entry_hook(entry)
+        if not isinstance(answer, Iterator):
+            yield answer, True
+            return
+        previous: Any = None
+        started = False
+        for part in answer:
+            if started:
+                yield previous, False
+            previous, started = part, True
+        if started:
+            yield previous, True
+        return
+    (answer,) = plugin.call_batch([entry])
+    if isinstance(answer, Failure):
+        raise PluginCallError(answer.error)
+    yield answer, True
+
+
+def analyze_batch(
+    plugin_name: str,
+    entries: Sequence[bytes],
+    ids: Sequence[str],
+    prefix: str,
+    config_source: str,
+) -> int:
+    """The RQ job: run one ai plugin over a batch, streaming each result. Returns how many."""
+    job = get_current_job()
+    assert job is not None, "runs as an RQ job"
+    plugin = plugin_for(plugin_name, config_source)
+    keys = Keys(prefix)
+    connection: redis.Redis = job.connection
+    seq = 0
+    for raw, source_id in zip(entries, ids, strict=True):
+        entry = Entry(orjson.loads(raw))
+        for result, final in results_of(plugin, entry):
+            if is_nothing(result):
+                continue
+            seq += 1
+            connection.xadd(
+                keys.ai_results,
+                {
+                    "plugin": plugin_name,
+                    "job": job.id,
+                    "seq": seq,
+                    "final": int(final),
+                    "source_ids": orjson.dumps([source_id]),
+                    "result": orjson.dumps(result, default=str),
+                    "produced_at": f"{time.time():.3f}",
+                },
+                maxlen=RESULTS_MAX_LEN,
+                approximate=True,
+            )
+    return seq
+
+
+def last_error(job: Job) -> str:
+    """The last line of the job's traceback (``TimeoutError: ...``), or why there is none."""
+    result = job.latest_result()
+    text = (result.exc_string if result is not None else None) or ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "job failed (the worker running it died)"
+
+
+def dead_letter_failed_jobs(client: redis.Redis, queue: Queue, keys: Keys, attempts: int) -> int:
+    """Move the entries of jobs RQ gave up on to ``logloom:dlq:ai``, once per job; how many.
+
+    Abandoned jobs (their worker died) are first moved to the failed registry by RQ's own
+    clean-up. The jobs stay in RQ's failed registry, tracebacks and all.
+    """
+    StartedJobRegistry(queue=queue).cleanup()
+    moved = 0
+    for job_id in FailedJobRegistry(queue=queue).get_job_ids():
+        job = Job.fetch(job_id, connection=queue.connection)
+        if job.meta.get("dead_lettered") or job.func_name != f"{__name__}.analyze_batch":
+            continue
+        plugin_name, entries, ids, _prefix, _source = job.args
+        error = last_error(job)
+        pipe = client.pipeline(transaction=True)
+        for raw, source_id in zip(entries, ids, strict=True):
+            pipe.xadd(
+                keys.dlq("ai"),
+                dlq.letter(
+                    raw,
+                    error=error,
+                    plugin=plugin_name,
+                    stage="ai",
+                    attempts=attempts,
+                    source_stream=keys.filtered,
+                    source_id=source_id,
+                    replay_to=keys.ai_replay,
+                ),
+            )
+        pipe.execute()
+        job.meta["dead_lettered"] = True
+        job.save_meta()  # type: ignore[no-untyped-call]
+        moved += len(entries)
+        log.error(
+            "AI job %s (%s) failed after %d attempts: %s; %d entries sent to %s",
+            job.id, plugin_name, attempts, error, len(entries), keys.dlq("ai"),
+        )  # fmt: skip
+    return moved
+
+
+ResultItem = tuple[bytes, dict[bytes, bytes]]
+
+
+def read_results(
+    client: redis.Redis, keys: Keys, count: int, plugin: str | None, follow: bool
+) -> Iterator[ResultItem]:
+    """The newest ``count`` results (of ``plugin``), oldest first; with ``follow``, then every
+    new one as it arrives, until interrupted."""
+
+    def wanted(item: ResultItem) -> bool:
+        return plugin is None or item[1].get(b"plugin") == plugin.encode()
+
+    stream = keys.ai_results
+    newest = cast(list[ResultItem], client.xrevrange(stream, count=max(count, 1) * 4))
+    yield from [item for item in reversed(newest) if wanted(item)][-count:] if count > 0 else []
+    last = newest[0][0] if newest else b"0-0"
+    while follow:
+        reply = cast(list[tuple[bytes, list[ResultItem]]], client.xread({stream: last}, block=1000))
+        for _, items in reply or []:
+            for item in items:
+                last = item[0]
+                if wanted(item):
+                    yield item
+
+
+def queue_for(client: redis.Redis, config: Config) -> Queue:
+    return Queue(config.keys.ai_queue, connection=client, default_timeout=config.ai.job_timeout_s)
