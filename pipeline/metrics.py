@@ -21,6 +21,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from rq.queue import Queue
 
 from pipeline import streams
 from pipeline.keys import Keys
@@ -75,7 +76,7 @@ class QueueCollector(Collector):
         self.extra_streams = extra_streams or []
 
     def streams(self) -> list[str]:
-        found = [self.keys.ingest, self.keys.filtered, *self.extra_streams]
+        found = [self.keys.ingest, self.keys.filtered, self.keys.ai_replay, *self.extra_streams]
         for key in self.client.scan_iter(match=f"{self.keys.prefix}:sink:*:replay", count=500):
             found.append(key.decode())
         return list(dict.fromkeys(found))
@@ -101,6 +102,9 @@ class QueueCollector(Collector):
             "logloom_group_consumers", "Consumers in a group", labels=["stream", "group"]
         )
         dlq = GaugeMetricFamily("logloom_dlq_size", "Dead letters waiting", labels=["stage"])
+        jobs = GaugeMetricFamily(
+            "logloom_rq_jobs", "ai jobs in RQ, by state", labels=["queue", "state"]
+        )
         try:
             for stream in self.streams():
                 length.add_metric([stream], streams.stream_length(self.client, stream))
@@ -113,10 +117,18 @@ class QueueCollector(Collector):
                     consumers.add_metric(labels, group.consumers)
             for key in self.keys.all_dlqs():
                 dlq.add_metric([key.rsplit(":", 1)[1]], self.client.xlen(key))
+            queue = Queue(self.keys.ai_queue, connection=self.client)
+            jobs.add_metric([queue.name, "queued"], queue.count)
+            for state, registry in (
+                ("started", queue.started_job_registry),
+                ("scheduled", queue.scheduled_job_registry),
+                ("failed", queue.failed_job_registry),
+            ):
+                jobs.add_metric([queue.name, state], registry.count)
         except redis.RedisError as exc:
             log.warning("Queue metrics unavailable: Redis error: %s", exc)
             return
-        yield from (length, lag, pending, oldest, consumers, dlq)
+        yield from (length, lag, pending, oldest, consumers, dlq, jobs)
 
 
 def serve(port: int, host: str, registry: CollectorRegistry | None = None) -> int:

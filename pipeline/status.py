@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from rq.queue import Queue
 
 from pipeline import control, dlq, streams
 from pipeline.keys import Keys
@@ -13,7 +14,7 @@ from pipeline.keys import Keys
 
 def collect(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     """Everything the status table shows, as plain data (also printed by ``status --json``)."""
-    stream_names = [keys.ingest, keys.filtered]
+    stream_names = [keys.ingest, keys.filtered, keys.ai_replay]
     stream_names += sorted(
         key.decode() for key in client.scan_iter(match=f"{keys.prefix}:sink:*:replay", count=500)
     )
@@ -47,7 +48,24 @@ def collect(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         }
         for s in dlq.summaries(client, keys)
     ]
-    return {"streams": rows, "dlq": dead, "plugins": plugin_health(client, keys)}
+    return {
+        "streams": rows,
+        "dlq": dead,
+        "rq": rq_queue(client, keys),
+        "plugins": plugin_health(client, keys),
+    }
+
+
+def rq_queue(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """The ai jobs: waiting, running, scheduled for a retry, failed (kept with tracebacks)."""
+    queue = Queue(keys.ai_queue, connection=client)
+    return {
+        "queue": queue.name,
+        "queued": queue.count,
+        "started": queue.started_job_registry.count,
+        "scheduled": queue.scheduled_job_registry.count,
+        "failed": queue.failed_job_registry.count,
+    }
 
 
 def plugin_health(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
@@ -105,6 +123,11 @@ def render(data: dict[str, Any]) -> str:
         )
         + "\n\n"
         + table(["DLQ", "SIZE", "NEWEST PLUGIN", "NEWEST ERROR"], dlq_rows)
+        + "\n\n"
+        + table(
+            ["RQ QUEUE", "QUEUED", "STARTED", "SCHEDULED", "FAILED"],
+            [[data["rq"][key] for key in ("queue", "queued", "started", "scheduled", "failed")]],
+        )
         + "\n\n"
         + table(
             ["PLUGIN", "RUNTIME", "WORKERS", "STATES", "ENTRIES", "FAILURES", "RESTARTS"],

@@ -216,3 +216,34 @@ def test_a_failing_job_ends_in_the_ai_dlq_after_its_retries_and_the_next_jobs_ru
             if worker.poll() is None:
                 worker.send_signal(signal.SIGKILL)
                 worker.wait()
+
+
+@pytest.mark.slow
+def test_the_designs_log_ai_summary_runs_unchanged_and_ai_tail_shows_it(
+    client: redis.Redis, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """design §5.5.9's plugin, verbatim, reading plugins/python/log_ai_summary.yaml itself."""
+    config = write_config(
+        plugins={"enabled": ["log_ai_summary"]}, ai={"batch_size": 50, "flush_interval_ms": 100}
+    )
+    worker = start_ai_worker(config, tmp_path / "ai.log")
+    try:
+        filtered(client, ["auth failed"] * 3 + ["disk full"] * 2)
+        wait_for(lambda: client.xlen(KEYS.ai_results), 30, "the summary")
+        tail = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "--config", str(config), "ai", "tail", "--json"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+        )
+        assert tail.returncode == 0, tail.stderr
+        (line,) = tail.stdout.splitlines()  # one summary an hour (summary_interval: 3600)
+        shown = orjson.loads(line)
+        assert shown["plugin"] == "log_ai_summary" and shown["final"] == "1"
+        assert shown["result"]["summary"] == "过去60分钟内共记录1条日志"
+        assert shown["result"]["statistics"] == {"ERROR": 1}
+        assert shown["result"]["has_errors"] is True
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)

@@ -125,6 +125,7 @@ def test_up_runs_the_pipeline_on_an_embedded_redis(tmp_path: Path) -> None:
         assert values['logloom_dead_letters_total{plugin="",stage="ingest"}'] >= 0
         assert 'logloom_group_lag{group="filter",stream="logloom:ingest"}' in values
         assert 'logloom_group_pending{group="sink:sink_jsonl",stream="logloom:filtered"}' in values
+        assert 'logloom_rq_jobs{queue="logloom-ai",state="queued"}' in values
 
         status = subprocess.run(
             [sys.executable, "-m", "pipeline.cli", "--config", str(config), "status"],

@@ -26,6 +26,7 @@ from pipeline.config import Config
 from pipeline.embedded import EmbeddedRedis, die_with_parent, reachable
 from pipeline.errors import LogloomError
 from pipeline.streams import connect
+from workers.ai_worker import ai_plugin_names
 
 log = logging.getLogger("logloom.up")
 
@@ -71,6 +72,11 @@ def _children(config: Config, demo: bool) -> list[Child]:
         Child(f"sink-{n + 1}", [*base, "worker", "--stage", "sink", *config_args])
         for n in range(config.sink.workers)
     ]
+    if config.ai.workers and ai_plugin_names(config):
+        children += [
+            Child(f"ai-{n + 1}", [*base, "worker", "--stage", "ai", *config_args])
+            for n in range(config.ai.workers)
+        ]
     if demo:
         children.append(Child("demo", [*base, "demo", *config_args]))
     return children
