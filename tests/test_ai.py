@@ -14,8 +14,10 @@ import orjson
 import pytest
 import redis
 from helpers import wait_for
+from rq.job import Job
 from rq.worker import SimpleWorker
 
+from pipeline import ai
 from pipeline.config import load_config
 from pipeline.keys import Keys
 from pipeline.stages.ai import AiStage
@@ -107,9 +109,9 @@ def test_the_stage_reads_no_more_while_rq_is_behind(
     filtered(client, [f"m{n}" for n in range(20)])
     for _ in range(10):
         loop.step()
-    assert stage.queue.count == 2, "stops enqueuing at ai.max_queued_jobs"
+    assert stage.queue.count == 2, "stops reading at ai.max_queued_jobs"
     info = client.xinfo_groups(KEYS.filtered)[0]
-    assert info["pending"] + 2 * 2 <= 6 and info["lag"] >= 14, "and stops reading"
+    assert info["pending"] == 0 and info["lag"] == 16, "what it read is enqueued, no more"
 
 
 FAILING = {
@@ -247,3 +249,42 @@ def test_the_designs_log_ai_summary_runs_unchanged_and_ai_tail_shows_it(
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_two_ai_workers_share_the_queue_and_every_batch_is_analysed_once(
+    client: redis.Redis,
+    write_config: Callable[..., Path],
+    write_plugin: Callable[[str, str], Path],
+    tmp_path: Path,
+) -> None:
+    write_plugin(
+        "ai_slow_echo",
+        """
+import time
+PLUGIN_INFO = {"name": "ai_slow_echo", "version": "1.0.0", "type": "ai"}
+def plugin_init(): return 0
+def analyze(entry):
+    time.sleep(0.01)
+    return {"summary": entry["message"]}
+def plugin_shutdown(): pass
+""",
+    )
+    config = write_config(
+        plugins={"enabled": ["ai_slow_echo"]}, ai={"batch_size": 10, "flush_interval_ms": 100}
+    )
+    workers = [start_ai_worker(config, tmp_path / f"ai-{n}.log") for n in range(2)]
+    try:
+        filtered(client, [f"m{n}" for n in range(400)])
+        wait_for(lambda: client.xlen(KEYS.ai_results) >= 400, 60, "every entry analysed")
+        got = client.xrange(KEYS.ai_results)
+        messages = [orjson.loads(fields[b"result"])["summary"] for _, fields in got]
+        assert sorted(messages) == sorted(f"m{n}" for n in range(400)), "each exactly once"
+        queue = ai.queue_for(client, load_config(config))
+        finished = queue.finished_job_registry.get_job_ids()
+        ran_on = {Job.fetch(job_id, connection=client).worker_name for job_id in finished}
+        assert len(finished) == 40 and len(ran_on) == 2, "both workers took jobs"
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=30)

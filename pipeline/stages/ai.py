@@ -5,8 +5,10 @@ Entries are buffered and handed over when ``ai.batch_size`` are buffered or the 
 waited ``ai.flush_interval_ms``: the jobs (holding the entries) are enqueued and the entries
 acknowledged in one MULTI, so a batch is either wholly with RQ or still pending here. When RQ
 falls behind (``ai.max_queued_jobs`` waiting) the stage stops reading: memory stays bounded and
-nothing is dropped. Jobs are retried by RQ (``ai.retries``, backoff ``ai.retry_intervals_s``);
-the entries of jobs it gives up on are moved to ``logloom:dlq:ai`` by this stage.
+nothing is dropped. What it has read it still hands over (the queue overshoots by at most one
+read), so no entry sits unacknowledged long enough for another worker to claim it again. Jobs
+are retried by RQ (``ai.retries``, backoff ``ai.retry_intervals_s``); the entries of jobs it
+gives up on are moved to ``logloom:dlq:ai`` by this stage.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class AiStage:
         ENTRIES_IN.labels(self.name).inc(len(messages))
         if self.deadline is None and self.buffer:
             self.deadline = time.monotonic() + self.settings.flush_interval_ms / 1000
-        while len(self.buffer) >= self.settings.batch_size and not self.paused():
+        while len(self.buffer) >= self.settings.batch_size:
             self.flush()
 
     def flush(self) -> None:
@@ -107,8 +109,7 @@ class AiStage:
 
     def tick(self) -> None:
         now = time.monotonic()
-        due = self.buffer and self.deadline is not None and now >= self.deadline
-        if due and not self.paused():
+        if self.buffer and self.deadline is not None and now >= self.deadline:
             self.flush()
         if now >= self._next_sweep:
             self._next_sweep = now + self.settings.failed_sweep_interval_s
