@@ -60,3 +60,38 @@ def test_a_steady_stream_raises_no_new_template_alerts() -> None:
     assert [r for r in results if r["kind"] == "new_template"] == []
     summaries = [r for r in results if r["kind"] == "template_summary"]
     assert len(summaries) == 5 and summaries[-1]["new_templates"] == []
+
+
+def anomaly_log(steady: int) -> list[dict[str, Any]]:
+    entries = list(realistic_entries(steady, seed=21))
+    for n in range(15):  # auth failures from one IP, among normal traffic
+        entries.insert(2000 + 7 * n, {
+            "level": "WARN", "module": "AUTH",
+            "message": f"bad password for {['root', 'admin', 'guest'][n % 3]} from 192.168.0.5",
+        })  # fmt: skip
+    crash = {"level": "ERROR", "module": "KERNEL", "message": "segfault at 0x7f3a in worker 4"}
+    entries.insert(2500, crash)
+    pool = {"level": "ERROR", "module": "DB", "message": "connection pool exhausted (50 waiting)"}
+    burst = [pool] * 150
+    return entries[:3000] + burst + entries[3000:]
+
+
+def test_the_anomaly_detector_finds_the_planted_anomalies_with_evidence() -> None:
+    plugin = load("ai_anomaly", window=200, warmup=1000, failures_threshold=10)
+    alerts = []
+    for result in run(plugin, anomaly_log(4000)):
+        alerts += result.get("alerts", [result])
+    kinds = {alert["type"] for alert in alerts}
+    assert kinds == {"repeated_failures", "new_error_template", "error_burst"}, alerts
+    (failures,) = [a for a in alerts if a["type"] == "repeated_failures"]
+    assert failures["summary"] == "Multiple auth failures from IP 192.168.0.5"
+    assert failures["evidence"]["count"] == 10 and len(failures["evidence"]["examples"]) == 3
+    (new,) = [a for a in alerts if a["type"] == "new_error_template"]
+    assert new["evidence"]["template"] == "segfault at <HEX> in worker <N>"
+    bursts = [a for a in alerts if a["type"] == "error_burst"]
+    assert bursts and bursts[0]["evidence"]["share"] > 0.5 > bursts[0]["evidence"]["baseline"]
+
+
+def test_the_anomaly_detector_is_quiet_on_a_steady_stream() -> None:
+    plugin = load("ai_anomaly", window=200, warmup=1000, failures_threshold=10)
+    assert run(plugin, list(realistic_entries(8000, seed=4))) == []
