@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -95,3 +100,64 @@ def test_the_anomaly_detector_finds_the_planted_anomalies_with_evidence() -> Non
 def test_the_anomaly_detector_is_quiet_on_a_steady_stream() -> None:
     plugin = load("ai_anomaly", window=200, warmup=1000, failures_threshold=10)
     assert run(plugin, list(realistic_entries(8000, seed=4))) == []
+
+
+class FakeLlm(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat-completions endpoint that streams a fixed answer as SSE."""
+
+    requests: ClassVar[list[dict[str, Any]]] = []
+    answer = ("Multiple", " auth", " failures", " from", " IP", " 192.168.0.5.")
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        FakeLlm.requests.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for token in self.answer:
+            chunk = {"choices": [{"index": 0, "delta": {"content": token}}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def llm_endpoint() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeLlm)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    FakeLlm.requests.clear()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_llm_summary_streams_tokens_as_partials_then_the_summary(llm_endpoint: str) -> None:
+    plugin = load("ai_llm_summary", endpoint=llm_endpoint, model="tiny", batch_entries=3)
+    assert plugin.entry_hook is not None
+    entries = [
+        Entry({"level": "WARN", "module": "AUTH", "message": f"bad password {n}"}) for n in range(3)
+    ]
+    assert plugin.entry_hook(entries[0]) is None and plugin.entry_hook(entries[1]) is None
+    results = list(plugin.entry_hook(entries[2]))
+    assert [r["delta"] for r in results[:-1]] == list(FakeLlm.answer)
+    assert results[-2]["text"] == "Multiple auth failures from IP 192.168.0.5."
+    assert results[-1]["summary"] == "Multiple auth failures from IP 192.168.0.5."
+    assert results[-1]["entries"] == 3 and results[-1]["model"] == "tiny"
+    (sent,) = FakeLlm.requests
+    assert sent["model"] == "tiny" and sent["stream"] is True
+    assert "WARN AUTH: bad password 2" in sent["messages"][1]["content"]
+
+
+def test_the_llm_summary_without_an_endpoint_says_so_once_and_stays_idle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        plugin = load("ai_llm_summary", endpoint=None, batch_entries=1)
+        assert plugin.entry_hook is not None
+        assert [plugin.entry_hook(Entry({"message": "m"})) for _ in range(5)] == [None] * 5
+    said = [r.message for r in caplog.records if "no endpoint" in r.message]
+    assert said == ["ai_llm_summary: no endpoint configured (set endpoint in its YAML); idle"]
