@@ -114,37 +114,24 @@ def test_the_stage_reads_no_more_while_rq_is_behind(
     assert info["pending"] == 0 and info["lag"] == 16, "what it read is enqueued, no more"
 
 
-FAILING = {
-    "ai_raises": """
-PLUGIN_INFO = {"name": "ai_raises", "version": "1.0.0", "type": "ai"}
-def plugin_init(): return 0
-def analyze(entry):
-    if entry["message"] == "bad":
-        raise ValueError("cannot analyse this")
-    return {"summary": "fine: " + entry["message"]}
-def plugin_shutdown(): pass
-""",
-    "ai_hangs": """
-import time
-PLUGIN_INFO = {"name": "ai_hangs", "version": "1.0.0", "type": "ai"}
-def plugin_init(): return 0
-def analyze(entry):
-    if entry["message"] == "bad":
-        time.sleep(60)
-    return {"summary": "fine: " + entry["message"]}
-def plugin_shutdown(): pass
-""",
-    "ai_kills": """
-import os
-PLUGIN_INFO = {"name": "ai_kills", "version": "1.0.0", "type": "ai"}
-def plugin_init(): return 0
-def analyze(entry):
-    if entry["message"] == "bad":
-        os._exit(3)
-    return {"summary": "fine: " + entry["message"]}
-def plugin_shutdown(): pass
-""",
+FAILURES = {  # what each plugin does on the entry "bad"
+    "ai_raises": 'raise ValueError("cannot analyse this")',
+    "ai_hangs": "time.sleep(60)",
+    "ai_kills": "os._exit(3)",
 }
+
+
+def failing_plugin(name: str) -> str:
+    return f"""
+import os, time
+PLUGIN_INFO = {{"name": "{name}", "version": "1.0.0", "type": "ai"}}
+def plugin_init(): return 0
+def analyze(entry):
+    if entry["message"] == "bad":
+        {FAILURES[name]}
+    return {{"summary": "fine: " + entry["message"]}}
+def plugin_shutdown(): pass
+"""
 
 
 def start_ai_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -162,7 +149,7 @@ def start_ai_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plugin", sorted(FAILING))
+@pytest.mark.parametrize("plugin", sorted(FAILURES))
 def test_a_failing_job_ends_in_the_ai_dlq_after_its_retries_and_the_next_jobs_run(
     client: redis.Redis,
     write_config: Callable[..., Path],
@@ -170,7 +157,7 @@ def test_a_failing_job_ends_in_the_ai_dlq_after_its_retries_and_the_next_jobs_ru
     tmp_path: Path,
     plugin: str,
 ) -> None:
-    write_plugin(plugin, FAILING[plugin])
+    write_plugin(plugin, failing_plugin(plugin))
     config = write_config(
         plugins={"enabled": [plugin]},
         ai={
