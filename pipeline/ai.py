@@ -68,8 +68,13 @@ def results_of(plugin: Plugin, entry: Entry) -> Iterator[tuple[Any, bool]]:
     """``(result, final)`` pairs for one entry, as the plugin produces them.
 
     An in-process Python plugin's generator is iterated as it yields (partials, then the last
-    yield is final); other runtimes answer once.
+    yield is final); a plugin in a host process sends the same as §5 ``partial`` lines; a
+    service answers once.
     """
+    stream = getattr(plugin, "stream", None)
+    if stream is not None:
+        yield from stream(entry)
+        return
     if isinstance(plugin, PythonPlugin) and plugin.entry_hook is not None:
         answer = plugin.entry_hook(entry)
         if not isinstance(answer, Iterator):

@@ -53,16 +53,18 @@ def results(client: redis.Redis) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.parametrize("mode", ["inprocess", "isolated"])
 def test_batches_become_jobs_whose_partial_results_stream_before_the_final(
     client: redis.Redis,
     redis_url: str,
     write_config: Callable[..., Path],
     write_plugin: Callable[[str, str], Path],
+    mode: str,
 ) -> None:
+    """In a plugin host (isolated) the partials come as §5 ``partial`` lines: same results."""
     write_plugin("ai_words", COUNTER)
-    config = load_config(
-        write_config(plugins={"enabled": ["ai_words"]}, ai={"batch_size": 3, "retries": 0})
-    )
+    plugins = {"enabled": ["ai_words"], "settings": {"ai_words": {"mode": mode}}}
+    config = load_config(write_config(plugins=plugins, ai={"batch_size": 3, "retries": 0}))
     rq_client = redis.Redis.from_url(redis_url)
     stage = AiStage(config, rq_client, ["ai_words"])
     loop = StageLoop(connect(redis_url), stage, config.stages, 100)
@@ -75,6 +77,9 @@ def test_batches_become_jobs_whose_partial_results_stream_before_the_final(
     stage.drain()
     assert stage.queue.count == 2
     SimpleWorker([stage.queue], connection=rq_client).work(burst=True)
+    (plugin,) = ai._plugins.values()
+    assert plugin.runtime == {"inprocess": "python", "isolated": "python-subprocess"}[mode]
+    ai.shutdown_plugins()  # stops an isolated plugin's host process
 
     got = results(client)
     assert [r["result"] for r in got][:5] == [

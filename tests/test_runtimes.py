@@ -481,3 +481,32 @@ def test_a_batch_function_that_leaves_results_unset_fails_those_entries(tmp_path
     first, second = plugin.call_batch([Entry({"message": "a"}), Entry({"message": "b"})])
     assert first is True
     assert second == Failure("plugin_process_batch() set no result for this entry")
+
+
+def test_plugins_run_streams_an_ai_plugins_partial_results(tmp_path: Path) -> None:
+    """CONTRACT §5: an ai plugin may answer with partial lines before its final line."""
+    (tmp_path / "ai_gen.py").write_text(
+        textwrap.dedent(
+            """
+            PLUGIN_INFO = {"name": "ai_gen", "version": "1.0.0", "type": "ai"}
+            def plugin_init(): return 0
+            def analyze(entry):
+                for word in entry["message"].split():
+                    yield {"word": word}
+            def plugin_shutdown(): pass
+            """
+        )
+    )
+    result = subprocess.run(
+        [*LOGLOOM, "plugins", "run", str(tmp_path / "ai_gen.py")],
+        input='{"entry": {"level": "INFO", "message": "a b c"}}\n',
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.stdout.splitlines() == [
+        '{"status": 0, "partial": {"word": "a"}}',
+        '{"status": 0, "partial": {"word": "b"}}',
+        '{"status": 0, "result": {"word": "c"}}',
+    ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -43,8 +43,9 @@ def protect_stdout() -> BinaryIO:
 
 
 class Host:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, emit: Callable[[bytes], None]) -> None:
         self.path = path
+        self.emit = emit  # writes a line at once: an ai plugin's partial results
         self.opened: OpenedPlugin | None = None
         self.plugin: Plugin | None = None
 
@@ -96,11 +97,28 @@ class Host:
     def single(self, raw: object) -> bytes:
         if not isinstance(raw, dict):
             return error_line("'entry' must be a JSON object")
-        (result,) = self.start(None).call_batch([Entry(raw)])
+        plugin = self.start(None)
+        if plugin.info.type == "ai":
+            return self.streamed(plugin, Entry(raw))
+        (result,) = plugin.call_batch([Entry(raw)])
         if isinstance(result, Failure):
             return error_line(result.error)
         # The debugging recipe's answer reads like the design's: {"status": 0, "result": true}.
         return json.dumps({"status": 0, "result": result}, default=str).encode() + b"\n"
+
+    def streamed(self, plugin: Plugin, entry: Entry) -> bytes:
+        """An ai plugin's results for one entry: each partial one sent as its own line at once
+        (``{"status": 0, "partial": ...}``), the final one as the answer (CONTRACT §5)."""
+        from pipeline.ai import results_of
+
+        try:
+            for result, final in results_of(plugin, entry):
+                if final:
+                    return ok_line({"result": result})
+                self.emit(ok_line({"partial": result}))
+        except Exception as exc:  # the plugin's own failure: this entry's answer
+            return error_line(describe_exception(exc))
+        return ok_line({"result": None})
 
     def batch(self, raw: Sequence[object]) -> bytes:
         plugin = self.start(None)
@@ -129,7 +147,12 @@ def error_line(error: str) -> bytes:
 
 def serve(path: Path, requests: BinaryIO, answers: BinaryIO) -> int:
     """Answer requests until ``shutdown`` or end of input; 0, or 2 if the plugin cannot load."""
-    host = Host(path)
+
+    def emit(line: bytes) -> None:
+        answers.write(line)
+        answers.flush()
+
+    host = Host(path, emit)
     try:
         for line in requests:
             if not line.strip():

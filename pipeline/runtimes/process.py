@@ -14,14 +14,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from pipeline.entry import Entry
-from pipeline.errors import PluginLoadError
+from pipeline.errors import PluginCallError, PluginLoadError
 from pipeline.plugin import PluginInfo, validate_info
 from pipeline.runtimes.remote import (
     LinkError,
@@ -90,16 +90,47 @@ class ChildLink:
         line = b'{"batch":[' + entries_json(entries) + b"]}\n"
         return batch_results(self._exchange(line, deadline), len(entries))
 
+    def stream(self, entry: Entry, line_timeout_s: float) -> Iterator[tuple[Any, bool]]:
+        """An ai plugin's ``(result, final)`` pairs for one entry as its lines arrive: the
+        ``partial`` lines of §5, then the answer. Each line has ``line_timeout_s`` to come."""
+        self._send(b'{"entry":' + entries_json([entry]) + b"}\n", time.monotonic() + 5)
+        while True:
+            answer = self._receive(time.monotonic() + line_timeout_s, last=False)
+            if not isinstance(answer, dict) or "status" not in answer:
+                raise LinkError(f"answered {str(answer)[:80]!r}, not a status object")
+            if answer["status"] == 0 and "partial" in answer:
+                yield answer["partial"], False
+                continue
+            if self._buffer:
+                raise LinkError(f"answered more than one line: {bytes(self._buffer[:80])!r}")
+            if answer["status"] != 0:
+                raise PluginCallError(str(answer.get("error") or f"status {answer['status']}"))
+            yield answer.get("result"), True
+            return
+
     def _exchange(self, line: bytes, deadline: float) -> Any:
+        self._send(line, deadline)
+        return self._receive(deadline, last=True)
+
+    def _send(self, line: bytes, deadline: float) -> None:
         child = self.child
-        if child is None or child.stdin is None or child.stdout is None:
+        if child is None or child.stdin is None:
             raise LinkError("plugin process not running")
         try:
             write_all(child.stdin.fileno(), line, deadline, self.what)
+        except LinkError as exc:
+            raise LinkError(self._with_exit_status(str(exc))) from None
+
+    def _receive(self, deadline: float, last: bool) -> Any:
+        """The next answer line, parsed; ``last``: no other line may follow it."""
+        child = self.child
+        if child is None or child.stdout is None:
+            raise LinkError("plugin process not running")
+        try:
             answer = read_line(child.stdout.fileno(), self._buffer, deadline, self.what)
         except LinkError as exc:
             raise LinkError(self._with_exit_status(str(exc))) from None
-        if self._buffer:  # one request, one line: more means the two sides are out of step
+        if last and self._buffer:  # one request, one line: more means the sides are out of step
             raise LinkError(f"answered more than one line: {bytes(self._buffer[:80])!r}")
         try:
             return orjson.loads(answer)

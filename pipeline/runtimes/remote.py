@@ -17,7 +17,7 @@ import logging
 import os
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -222,6 +222,25 @@ class RemotePlugin:
                 results.append(Failure(str(exc)))
                 broken_in_a_row += 1
         return results, broken_in_a_row == 0
+
+    def stream(self, entry: Entry) -> Iterator[tuple[Any, bool]]:
+        """An ai plugin's ``(result, final)`` pairs for one entry as they arrive, where the link
+        can stream (a plugin host); else its one answer. PluginCallError if it fails."""
+        stream = getattr(self.link, "stream", None)
+        if stream is None:
+            (answer,) = self.call_batch([entry])
+            if isinstance(answer, Failure):
+                raise PluginCallError(answer.error)
+            yield answer, True
+            return
+        try:
+            if self._needs_open:
+                self._reopen()
+            yield from stream(entry, self.timeout_s)
+        except LinkError as exc:
+            self.mark_broken(str(exc))
+            raise PluginCallError(str(exc)) from None
+        self._incident = None
 
     def mark_broken(self, cause: str) -> None:
         """Close the link so the next call reopens it; log the first failure of an incident."""
