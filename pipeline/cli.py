@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
 import redis
 
-from pipeline import ai, control, dlq
+from pipeline import ai, control, dlq, signing
 from pipeline.config import Config, load_config
 from pipeline.discovery import find_candidates, load_plugins, plugin_config
 from pipeline.embedded import resolve_url
@@ -119,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("path", help="a Python plugin (.py or package) or a C plugin (.so)")
     plugin_commands.add_parser("cflags", help="compiler flags that find logloom_plugin.h")
+    keygen = plugin_commands.add_parser("keygen", help="make an Ed25519 key pair for signing")
+    keygen.add_argument("--out", default="logloom-plugins", help="PREFIX: writes .key and .pub")
+    sign = plugin_commands.add_parser("sign", help="write PATH.sig: a signature of the plugin")
+    sign.add_argument("--key", required=True, help="the private key (from keygen)")
+    sign.add_argument("path", help="the plugin file or package")
+    verify = plugin_commands.add_parser("verify", help="check a plugin's signature")
+    verify.add_argument(
+        "--key", action="append", default=[], help="a trusted public key (default: trusted_keys)"
+    )
+    verify.add_argument("path", help="the plugin file or package")
     for action, text in (
         ("disable", "skip a plugin in every running worker (a sink pauses), until enabled"),
         ("enable", "use a disabled plugin again in every running worker"),
@@ -183,6 +194,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from pipeline.runtimes.host import main as host_main
 
         return host_main([args.path])
+    if args.command == "plugins" and args.plugins_command in ("keygen", "sign", "verify"):
+        return _signing(args, config)
     if args.command == "plugins" and args.plugins_command == "cflags":
         print(f"-I{HEADER_DIR}")
         return 0
@@ -249,6 +262,29 @@ def _ai_line(item: tuple[bytes, dict[bytes, bytes]], as_json: bool) -> str:
         f"{stream_id.decode()}  {data.get('plugin')}  job {data.get('job', '')[:8]} "
         f"#{data.get('seq')} {kind}: {shown}"
     )
+
+
+def _signing(args: argparse.Namespace, config: Config) -> int:
+    if args.plugins_command == "keygen":
+        private, public = signing.keygen(Path(args.out))
+        print(f"private key: {private} (keep it secret)")
+        print(f"public key:  {public} (list it in plugins.trusted_keys)")
+        return 0
+    if args.plugins_command == "sign":
+        written = signing.sign(Path(args.key), Path(args.path))
+        print(f"signed {args.path}: {written}")
+        return 0
+    keys = [Path(key) for key in args.key or config.plugins.trusted_keys]
+    if not keys:
+        print("logloom: plugins verify: no --key and no plugins.trusted_keys", file=sys.stderr)
+        return 2
+    try:
+        signer = signing.check_signature(Path(args.path), keys)
+    except PluginLoadError as exc:
+        print(f"logloom: {args.path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.path}: signature ok (key {signer})")
+    return 0
 
 
 def _plugins_order(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:

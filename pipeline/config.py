@@ -130,6 +130,9 @@ class PluginsConfig:
     config: dict[str, dict[str, Any]] = field(default_factory=dict)
     settings: dict[str, PluginSettings] = field(default_factory=dict)
     services: dict[str, ServiceConfig] = field(default_factory=dict)
+    verify: Literal["off", "sha256", "signature"] = "off"
+    trusted_keys: list[str] = field(default_factory=list)
+    pinned_sha256: dict[str, str] = field(default_factory=dict)
     python: PythonPluginsConfig = field(default_factory=PythonPluginsConfig)
 
 

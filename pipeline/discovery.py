@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from pipeline import signing
 from pipeline.config import Config, PluginSettings
 from pipeline.errors import PluginLoadError
 from pipeline.health import GuardedPlugin
@@ -138,6 +139,7 @@ def load_candidate(
 ) -> Plugin | None:
     """Load one candidate with the runtime its file and settings call for; None if not of
     ``types``."""
+    signing.verify(candidate.path, config.plugins)  # plugins.verify: before any of its code runs
     settings = config.plugins.settings.get(candidate.name, PluginSettings())
     plugin_settings = plugin_config(candidate, config)
     if run_mode(candidate, config, settings) == "isolated":
