@@ -20,7 +20,7 @@ from pipeline.discovery import find_candidates, load_plugins, plugin_config
 from pipeline.embedded import resolve_url
 from pipeline.errors import ConfigError, LogloomError, PluginLoadError
 from pipeline.keys import DLQ_STAGES
-from pipeline.log import setup_logging
+from pipeline.log import redact, redact_url, setup_logging
 from pipeline.producer import Producer
 from pipeline.runtimes import open_plugin_file
 from pipeline.runtimes.c import HEADER_DIR
@@ -153,21 +153,35 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", None))
+    config: Config | None = None
     try:
         config = load_config(getattr(args, "config", None))
         return _dispatch(args, config)
     except ConfigError as exc:
-        print(f"logloom: {exc}", file=sys.stderr)
+        print(f"logloom: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except redis.AuthenticationError as exc:
+        print(f"logloom: {_redis(config)} refused the credentials: {redact(str(exc))}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except redis.exceptions.NoPermissionError as exc:
+        print(f"logloom: {_redis(config)}: the ACL user lacks a permission: {redact(str(exc))}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     except (redis.ConnectionError, redis.TimeoutError) as exc:
-        print(f"logloom: cannot reach Redis: {exc}", file=sys.stderr)
+        print(f"logloom: cannot reach {_redis(config)}: {redact(str(exc))}", file=sys.stderr)
         return 1
     except (LogloomError, KeyError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"logloom: {message}", file=sys.stderr)
+        print(f"logloom: {redact(str(message))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _redis(config: Config | None) -> str:
+    """``Redis at <url>`` with the URL redacted, for error lines."""
+    return f"Redis at {redact_url(resolve_url(config))}" if config else "Redis"
 
 
 def _dispatch(args: argparse.Namespace, config: Config) -> int:
@@ -206,7 +220,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _validate(config)
     if args.command == "plugins" and args.plugins_command == "list":
         return _plugins_list(config)
-    client = connect(resolve_url(config))
+    url = resolve_url(config)
+    client = connect(url)
     if args.command == "plugins":
         return _plugins_order(args, config, client)
     if args.command == "ai":
@@ -214,7 +229,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "produce":
         return _produce(args, config, client)
     if args.command == "status":
-        data = collect(client, config.keys)
+        data = {"redis": redact_url(url), **collect(client, config.keys)}
         print(
             orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() if args.json else render(data)
         )
@@ -304,7 +319,7 @@ def _plugins_list(config: Config) -> int:
         reports = control.worker_reports(client, config.keys)
         disabled = control.disabled_plugins(client, config.keys)
     except (redis.ConnectionError, redis.TimeoutError, LogloomError) as exc:
-        print(f"\n(running workers not shown: Redis unreachable: {exc})")
+        print(f"\n(running workers not shown: Redis unreachable: {redact(str(exc))})")
         return 0
     rows = [
         [

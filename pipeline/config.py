@@ -13,13 +13,24 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.keys import Keys
+from pipeline.log import add_secret, join_url, redact_url
 
 DEFAULT_CONFIG_PATH = Path("config/logloom.yaml")
+
+
+@dataclass
+class RedisTlsConfig:
+    """Files for ``rediss://`` URLs, so they need not be written into the URL."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 @dataclass
@@ -28,6 +39,7 @@ class RedisConfig:
     prefix: str = "logloom"
     embedded: Literal["auto", "always", "never"] = "auto"
     data_dir: str = ".logloom"
+    tls: RedisTlsConfig = field(default_factory=RedisTlsConfig)
 
 
 @dataclass
@@ -242,6 +254,8 @@ def parse_config(data: Any, source: str = "<defaults>") -> Config:
         raise ConfigError(f"{source}: {exc}") from None
     config.source = source
     _check_values(config)
+    add_secret(config.redis.url)  # masked in every log line from now on
+    _check_url(config, f"{source}: redis.url", tls=False)
     return config
 
 
@@ -265,6 +279,62 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"{config.source}: plugins.services.{name}.address: required")
     if not config.redis.prefix or ":" in config.redis.prefix:
         raise ConfigError(f"{config.source}: redis.prefix: must be non-empty without ':'")
+    _check_tls(config)
+
+
+# redis-py's names for the TLS files, as ``rediss://`` URL query arguments.
+TLS_QUERY_ARGS = {"ca_file": "ssl_ca_certs", "cert_file": "ssl_certfile", "key_file": "ssl_keyfile"}
+URL_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _check_tls(config: Config) -> None:
+    tls = config.redis.tls
+    for key in TLS_QUERY_ARGS:
+        path = getattr(tls, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{config.source}: redis.tls.{key}: no such file: {path}")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError(
+            f"{config.source}: redis.tls: cert_file and key_file go together (a client "
+            "certificate and its key)"
+        )
+
+
+def _check_url(config: Config, where: str, tls: bool = True) -> None:
+    """The Redis URL (from the file or the environment) has a scheme redis-py knows, and
+    ``redis.tls`` is set only for a ``rediss://`` one. Messages show the URL redacted."""
+    url = config.redis.url
+    if url is None:
+        return
+    if not url.startswith(URL_SCHEMES):
+        raise ConfigError(
+            f"{where}: expected redis://, rediss:// or unix://, got {redact_url(url)!r}"
+        )
+    files = config.redis.tls
+    if tls and any(getattr(files, k) for k in TLS_QUERY_ARGS) and not url.startswith("rediss://"):
+        raise ConfigError(
+            f"{config.source}: redis.tls: set, but the Redis URL {redact_url(url)} is not "
+            "rediss:// (TLS)"
+        )
+
+
+def with_tls(url: str, tls: RedisTlsConfig) -> str:
+    """``url`` with the ``redis.tls`` files as redis-py query arguments (``ssl_ca_certs``, ...),
+    so one string carries the whole connection to every client, RQ's and child processes'
+    included. Only ``rediss://`` URLs get them; arguments already in the URL win."""
+    if not url.startswith("rediss://"):
+        return url
+    parts = urlsplit(url)
+    present = {key for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    extra = {
+        argument: str(Path(path).resolve())
+        for key, argument in TLS_QUERY_ARGS.items()
+        if (path := getattr(tls, key)) and argument not in present
+    }
+    if not extra:
+        return url
+    query = "&".join(part for part in (parts.query, urlencode(extra, safe="/")) if part)
+    return join_url(parts._replace(query=query))
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -291,7 +361,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         except yaml.YAMLError as exc:
             raise ConfigError(f"{chosen}: not valid YAML: {exc}") from None
         config = parse_config(data, str(chosen))
-    env_url = os.environ.get("LOGLOOM_REDIS_URL") or os.environ.get("REDIS_URL")
-    if env_url:
-        config.redis.url = env_url
+    env_name = next((n for n in ("LOGLOOM_REDIS_URL", "REDIS_URL") if os.environ.get(n)), None)
+    if env_name:
+        config.redis.url = os.environ[env_name]
+    add_secret(config.redis.url)  # masked in every log line from now on
+    _check_url(config, env_name or f"{config.source}: redis.url")
     return config

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline.config import Config
+from pipeline.config import Config, with_tls
 from pipeline.errors import LogloomError
 
 log = logging.getLogger("logloom.redis")
@@ -50,20 +50,33 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def reachable(url: str, timeout_s: float = 1.0) -> bool:
+def ping_error(url: str, timeout_s: float = 1.0) -> redis.RedisError | None:
+    """None if the Redis at ``url`` answers PING, else why not (refused, TLS, credentials)."""
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
+        client.ping()
+        return None
+    except redis.RedisError as exc:
+        return exc
     finally:
         client.close()
 
 
+def reachable(url: str, timeout_s: float = 1.0) -> bool:
+    return ping_error(url, timeout_s) is None
+
+
+def configured_url(config: Config) -> str | None:
+    """``redis.url`` (or LOGLOOM_REDIS_URL) with the ``redis.tls`` files added, if any."""
+    return with_tls(config.redis.url, config.redis.tls) if config.redis.url else None
+
+
 def resolve_url(config: Config) -> str:
-    """The Redis a command talks to: configured, else the running embedded one, else localhost."""
+    """The Redis a command talks to: configured, else the running embedded one, else localhost.
+
+    The URL may hold a password: show it only through :func:`pipeline.log.redact_url`."""
     if config.redis.url:
-        return config.redis.url
+        return with_tls(config.redis.url, config.redis.tls)
     url_file = Path(config.redis.data_dir) / URL_FILE
     with contextlib.suppress(OSError):
         return url_file.read_text().strip()

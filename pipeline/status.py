@@ -116,8 +116,11 @@ def render(data: dict[str, Any]) -> str:
         [d["stream"], d["size"], d["plugin"] or "-", (d["newest_error"] or "-")[:80]]
         for d in data["dlq"]
     ]
+    # The URL as `status` was given it, password redacted (``redis`` is set by the CLI).
+    heading = f"Redis: {data['redis']}\n\n" if data.get("redis") else ""
     return (
-        table(
+        heading
+        + table(
             ["STREAM", "LENGTH", "GROUP", "CONSUMERS", "PENDING", "LAG", "OLDEST PENDING"],
             stream_rows,
         )

@@ -27,6 +27,7 @@ from pipeline import ai
 from pipeline.config import Config
 from pipeline.discovery import load_plugins
 from pipeline.embedded import resolve_url
+from pipeline.log import redact_url
 from pipeline.stages.ai import AiStage
 from pipeline.stages.runner import StageLoop
 from pipeline.streams import connect
@@ -59,8 +60,8 @@ def run_ai_worker(config: Config) -> int:
     rq_client = redis.Redis.from_url(url)
     worker = SimpleWorker([ai.queue_for(rq_client, config)], connection=rq_client)
     log.info(
-        "AI worker %d: plugins %s, reading %s, running jobs of queue %s",
-        os.getpid(), ", ".join(names), config.keys.filtered, stage.queue.name,
+        "AI worker %d: plugins %s, reading %s, running jobs of queue %s, Redis %s",
+        os.getpid(), ", ".join(names), config.keys.filtered, stage.queue.name, redact_url(url),
     )  # fmt: skip
     scheduler = threading.Thread(
         target=run_scheduler, args=(worker.queues, url, stop), name="rq-scheduler", daemon=True

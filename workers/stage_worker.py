@@ -22,6 +22,7 @@ from pipeline.discovery import load_one, load_plugins
 from pipeline.embedded import resolve_url
 from pipeline.errors import ConfigError, PluginLoadError
 from pipeline.health import GuardedPlugin
+from pipeline.log import redact_url
 from pipeline.plugin import Plugin
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop, consumer_name
@@ -79,7 +80,9 @@ def run_worker(
     """Run one stage until signalled; the exit code. ``only`` limits a sink worker to some sinks."""
     stop = threading.Event()
     _stop_on_signals(stop)
-    client = connect(resolve_url(config))
+    url = resolve_url(config)
+    client = connect(url)
+    log.info("Worker %d: Redis %s", os.getpid(), redact_url(url))
     plugins = load_plugins(config, types=[stage])
     if only:
         plugins = [plugin for plugin in plugins if plugin.name in only]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,13 +19,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+import redis
 from prometheus_client.multiprocess import mark_process_dead
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.embedded import EmbeddedRedis, die_with_parent, reachable
+from pipeline.embedded import EmbeddedRedis, configured_url, die_with_parent, ping_error
 from pipeline.errors import LogloomError
+from pipeline.log import redact, redact_url
 from pipeline.streams import connect
 from workers.ai_worker import ai_plugin_names
 
@@ -48,13 +52,17 @@ class Child:
 def choose_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to run on, and the embedded server if one had to be started."""
     wanted = config.redis.embedded
-    url = config.redis.url
+    url = configured_url(config)
     if url and wanted != "always":
-        if reachable(url):
+        error = ping_error(url)
+        if error is None:
             return url, None
+        shown, why = redact_url(url), redact(str(error))
+        if isinstance(error, redis.AuthenticationError):  # it is there: no embedded stand-in
+            raise LogloomError(f"Redis at {shown} refused the credentials: {why}")
         if wanted == "never":
-            raise LogloomError(f"Redis at {url} is unreachable (redis.embedded is 'never')")
-        log.warning("Redis at %s is unreachable; starting an embedded one instead", url)
+            raise LogloomError(f"Redis at {shown} is unreachable: {why} (redis.embedded: never)")
+        log.warning("Redis at %s is unreachable (%s); starting an embedded one instead", shown, why)
     elif wanted == "never":
         raise LogloomError("no redis.url configured and redis.embedded is 'never'")
     server = EmbeddedRedis(config.redis.data_dir)
@@ -89,6 +97,8 @@ class Supervisor:
         self.children = _children(config, demo)
         self.stop = threading.Event()
         self.metrics_dir = Path(config.redis.data_dir).resolve() / "metrics"
+        # The URL (password, TLS files) reaches the children in their environment, which only
+        # this user can read, never on a command line that `ps` shows.
         self.env = dict(
             os.environ, LOGLOOM_REDIS_URL=url, PROMETHEUS_MULTIPROC_DIR=str(self.metrics_dir)
         )
@@ -192,19 +202,40 @@ def _banner(
         if embedded
         else "configured"
     )
-    host_port = url.split("//", 1)[1].split("/", 1)[0]
-    host, _, redis_port = host_port.rpartition(":")
     names = ", ".join(child.name for child in supervisor.children)
     print(
         "Logloom is up.\n"
-        f"  Redis    {url} ({where})\n"
+        f"  Redis    {redact_url(url)} ({where})\n"
         f"  Workers  {names}\n"
         f"  Plugins  {', '.join(config.enabled_plugins())}\n"
         f"  Metrics  http://{config.metrics.host}:{port}/metrics\n"
-        f"  Send     redis-cli -h {host.split('@')[-1] or '127.0.0.1'} -p {redis_port or 6379} "
+        f"  Send     {redis_cli(url)} "
         f"XADD {config.keys.ingest} '*' level ERROR module AUTH message \"bad password\"\n"
         f"           or: logloom produce FILE\n"
         f"  Watch    logloom status · logloom dlq list\n"
         "Press Ctrl-C to stop.",
         flush=True,
     )
+
+
+def redis_cli(url: str) -> str:
+    """The redis-cli command line that reaches ``url``; a password is asked for, not shown."""
+    parts = urlsplit(url)
+    words = ["redis-cli", "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+    if parts.scheme == "unix":
+        words = ["redis-cli", "-s", parts.path]
+    if parts.scheme == "rediss":
+        query = dict(parse_qsl(parts.query))
+        words.append("--tls")
+        for argument, option in (
+            ("ssl_ca_certs", "--cacert"),
+            ("ssl_certfile", "--cert"),
+            ("ssl_keyfile", "--key"),
+        ):
+            if query.get(argument):
+                words += [option, shlex.quote(query[argument])]
+    if parts.username:
+        words += ["--user", shlex.quote(unquote(parts.username))]
+    if parts.password:
+        words.append("--askpass")
+    return " ".join(words)
