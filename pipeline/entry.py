@@ -137,8 +137,11 @@ def normalise(obj: dict[str, Any], stream_id: bytes | str) -> tuple[dict[str, st
         raise MalformedEntry(f"message is a {type(message).__name__}, not a string")
     if lang_key is not None and not isinstance(lang_key, str):
         raise MalformedEntry(f"lang_key is a {type(lang_key).__name__}, not a string")
-    if obj.get("module") is None:
+    module = obj.get("module")
+    if module is None:
         added["module"] = ""
+    elif not isinstance(module, str):
+        raise MalformedEntry(f"module is a {type(module).__name__}, not a string")
     timestamp = obj.get("timestamp")
     if timestamp is None:
         added["timestamp"] = timestamp_from_id(stream_id)
@@ -154,7 +157,7 @@ def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> t
     """Decode one stream entry into ``(entry, json)``; ``json`` is what the next stage receives.
 
     Raises MalformedEntry naming what is wrong: bad JSON, not an object, unknown level, neither
-    message nor lang_key, over ``max_bytes``, not UTF-8.
+    message nor lang_key, a field of §1 that is not a string, over ``max_bytes``, not UTF-8.
     """
     raw = fields.get(ENTRY_FIELD)
     if raw is not None:
