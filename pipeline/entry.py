@@ -208,10 +208,18 @@ def decode_forwarded(
             and obj["level"] in LEVEL_RANK
             and type(obj.get("timestamp")) is str
             and type(obj.get("module")) is str
-            and (type(obj.get("message")) is str or type(obj.get("lang_key")) is str)
+            and _text_fields(obj.get("message"), obj.get("lang_key"))
         ):
             return with_json(obj, raw), raw
     return decode(stream_id, fields, max_bytes)
+
+
+def _text_fields(message: object, lang_key: object) -> bool:
+    """Whether message and lang_key are as :func:`normalise` leaves them: each a string or
+    absent, not both absent."""
+    if type(message) is str:
+        return lang_key is None or type(lang_key) is str
+    return message is None and type(lang_key) is str
 
 
 def original_json(fields: Mapping[bytes, bytes]) -> bytes:
