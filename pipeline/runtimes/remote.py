@@ -139,9 +139,12 @@ def batch_results(answer: Any, count: int) -> list[Any]:
     if not isinstance(errors, dict):
         raise LinkError("answered 'errors' that is not an object")
     for index, error in errors.items():
-        position = int(index) if str(index).isdecimal() and str(index).isascii() else count
-        if position < count:
-            results[position] = Failure(str(error))
+        # An index past the batch is ignored, also one too long for int() to read (4300 digits).
+        digits = str(index)
+        if digits.isdecimal() and digits.isascii():
+            position = int(digits.lstrip("0")[:20] or "0")
+            if position < count:
+                results[position] = Failure(str(error))
     return results
 
 
