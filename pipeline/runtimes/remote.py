@@ -114,13 +114,15 @@ def entries_json(entries: Sequence[Entry]) -> bytes:
 
     Each entry's own bytes are reused; one a producer sent pretty-printed (JSON may hold raw
     newlines between tokens) is encoded again, or it would split the protocol's line in two.
+    A bare carriage return counts too: readers with universal newlines (Python's text-mode
+    ``for line in sys.stdin``) end a line there.
     """
     body = b",".join([entry.to_json() for entry in entries])
-    if b"\n" in body:
+    if b"\n" in body or b"\r" in body:
         parts = []
         for entry in entries:
             raw = entry.to_json()
-            parts.append(orjson.dumps(entry) if b"\n" in raw else raw)
+            parts.append(orjson.dumps(entry) if b"\n" in raw or b"\r" in raw else raw)
         body = b",".join(parts)
     return body
 
