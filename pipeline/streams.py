@@ -60,12 +60,28 @@ def queue_read(
 def parse_read(reply: Any) -> list[tuple[str, list[Message]]]:
     """``[(stream, [(id, fields), ...]), ...]`` from a raw XREADGROUP reply; [] on timeout.
 
-    An entry deleted while pending comes with no fields: ``{}``.
+    An entry deleted while pending comes with no fields: ``{}``. A reply of another shape (a
+    broken proxy, a bug) is redis-py's InvalidResponse, as for any reply it cannot read.
     """
     if not reply:
         return []
-    pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 or RESP2
-    return [(text(stream), [_message(m) for m in messages]) for stream, messages in pairs]
+    try:
+        pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 or RESP2
+        return [
+            (_stream_name(stream), [_message(m) for m in messages]) for stream, messages in pairs
+        ]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise redis.exceptions.InvalidResponse(
+            f"XREADGROUP reply of an unexpected shape ({exc}): {str(reply)[:200]}"
+        ) from None
+
+
+def _stream_name(name: Any) -> str:
+    if isinstance(name, bytes):
+        return name.decode()
+    if isinstance(name, str):
+        return name
+    raise TypeError(f"a stream name is a {type(name).__name__}")
 
 
 def _message(raw: list[Any]) -> Message:
