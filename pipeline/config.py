@@ -108,6 +108,10 @@ class PythonPluginsConfig:
     timeout: int = 500
     max_memory: int = 100
     sandbox: bool = False
+    max_cpu_s: int = 10
+    max_processes: int = 32
+    sandbox_user: str = "nobody"
+    work_dir: str = ".logloom/plugins"
 
 
 @dataclass
@@ -121,6 +125,7 @@ class PluginSettings:
     """How Logloom runs one plugin (``plugins.settings.<name>``), not the plugin's own config."""
 
     mode: Literal["inprocess", "isolated"] | None = None
+    sandbox: bool | None = None
     timeout_ms: int | None = None
     on_failure: Literal["dlq", "pass"] = "dlq"
     p99_budget_ms: float | None = None

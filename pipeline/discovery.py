@@ -29,6 +29,7 @@ from pipeline.runtimes import c as c_runtime
 from pipeline.runtimes import is_plugin_file, open_plugin_file
 from pipeline.runtimes.process import host_command, load_in_child
 from pipeline.runtimes.service import connect_service
+from pipeline.sandbox import SandboxSpec
 
 log = logging.getLogger("logloom.plugins")
 
@@ -123,11 +124,33 @@ def plugin_config(candidate: Candidate, config: Config) -> dict[str, Any]:
 
 def run_mode(candidate: Candidate, config: Config, settings: PluginSettings) -> str:
     """``inprocess`` or ``isolated``: the plugin's own setting, else ``plugins.python.mode``
-    for Python plugins (``subprocess`` is isolated), else in process."""
+    for Python plugins (``subprocess`` is isolated), else in process; a sandbox is isolated."""
+    if sandbox_spec(candidate, config, settings) is not None:
+        return "isolated"
     if settings.mode is not None:
         return settings.mode
     is_python = not c_runtime.is_c_plugin(candidate.path)
     return "isolated" if is_python and config.plugins.python.mode == "subprocess" else "inprocess"
+
+
+def sandbox_spec(
+    candidate: Candidate, config: Config, settings: PluginSettings
+) -> SandboxSpec | None:
+    """The sandbox the plugin runs in: ``plugins.settings.<name>.sandbox``, else
+    ``plugins.python.sandbox`` for Python plugins; None for none."""
+    python = config.plugins.python
+    wanted = settings.sandbox
+    if wanted is None:
+        wanted = python.sandbox and not c_runtime.is_c_plugin(candidate.path)
+    if not wanted:
+        return None
+    return SandboxSpec(
+        work_dir=str(Path(python.work_dir, candidate.name).resolve()),
+        max_memory_mb=python.max_memory,
+        max_cpu_s=python.max_cpu_s,
+        max_processes=python.max_processes,
+        user=python.sandbox_user,
+    )
 
 
 def timeout_ms(config: Config, settings: PluginSettings) -> int:
@@ -145,7 +168,7 @@ def load_candidate(
     if run_mode(candidate, config, settings) == "isolated":
         runtime = "c-isolated" if c_runtime.is_c_plugin(candidate.path) else "python-subprocess"
         return load_in_child(
-            host_command(candidate.path),
+            host_command(candidate.path, sandbox_spec(candidate, config, settings)),
             str(candidate.path),
             runtime,
             plugin_settings,

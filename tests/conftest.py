@@ -151,3 +151,20 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     started = Workers(tmp_path)
     yield started
     started.stop_all()
+
+
+ATTACK_MATRIX: list[tuple[str, str]] = []
+
+
+@pytest.fixture(scope="session")
+def attack_matrix() -> list[tuple[str, str]]:
+    """Rows (attack, outcome) that security tests add once they have checked the outcome;
+    printed at the end of the run (issue 5: the suite prints the matrix)."""
+    return ATTACK_MATRIX
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if ATTACK_MATRIX:
+        terminalreporter.section("attack matrix (checked by the tests above)")
+        for attack, outcome in ATTACK_MATRIX:
+            terminalreporter.write_line(f"{attack:<32} {outcome}")

@@ -70,7 +70,7 @@ def test_signed_plugins_load_and_verify(tmp_path: Path, signed: tuple[Path, Path
 
 
 def test_plugins_changed_after_signing_are_refused_at_load(
-    tmp_path: Path, signed: tuple[Path, Path]
+    tmp_path: Path, signed: tuple[Path, Path], attack_matrix: list[tuple[str, str]]
 ) -> None:
     _, public = signed
     with open(tmp_path / "plugins/log_filter_severity.py", "a") as py:
@@ -85,6 +85,8 @@ def test_plugins_changed_after_signing_are_refused_at_load(
     checked = cli("plugins", "verify", "--key", str(public), "plugins/log_filter_severity.py",
                   cwd=tmp_path)  # fmt: skip
     assert checked.returncode == 1 and "changed since it was signed" in checked.stderr
+    attack_matrix.append((".py modified after signing", "refused at load: " + failures[1][:50]))
+    attack_matrix.append((".so modified after signing", "refused at load: " + failures[0][:50]))
 
 
 def test_unsigned_or_untrusted_plugins_are_refused(

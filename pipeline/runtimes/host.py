@@ -13,16 +13,21 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 
+from pipeline import sandbox
 from pipeline.entry import Entry
 from pipeline.errors import PluginLoadError
 from pipeline.plugin import Failure, Plugin, describe_exception
 from pipeline.runtimes import OpenedPlugin, open_plugin_file
+from pipeline.runtimes.c import is_c_plugin
+from pipeline.sandbox import SandboxSpec
 
 
 def file_config(path: Path) -> dict[str, Any]:
@@ -33,18 +38,89 @@ def file_config(path: Path) -> dict[str, Any]:
     return plugin_config(Candidate(path.stem, path), parse_config({}))
 
 
+OUTPUT_BURST_BYTES = 64 * 1024
+OUTPUT_BYTES_PER_S = 16 * 1024
+"""What a plugin may print, passed on to the worker's stderr; more is counted and dropped."""
+
+
 def protect_stdout() -> BinaryIO:
-    """The protocol's own channel: the original stdout. fd 1 becomes stderr for the plugin."""
+    """The protocol's own channel: the original stdout, which nothing else may write to."""
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout.flush()
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sys.stdout = sys.stderr
     return protocol
 
 
+def relay_output(plugin: str) -> tuple[TextIO, Callable[[], None]]:
+    """Send what the plugin prints — Python or C, fd 1 or 2 — through a pipe to a thread that
+    passes it on to the worker's stderr, each line prefixed with the plugin's name and stripped
+    of control characters, up to :data:`OUTPUT_BYTES_PER_S`: a plugin that prints 100 MB can
+    neither fill the worker's log, nor forge a line of it, nor corrupt the protocol. Returns
+    the worker's stderr, for the host's own lines, which must not wait in the pipe, and the
+    function that lets the relay finish before the host exits."""
+    sys.stderr.flush()
+    destination = os.dup(sys.stderr.fileno())
+    reader, writer = os.pipe()
+    os.dup2(writer, 1)
+    os.dup2(writer, 2)
+    os.close(writer)
+    sys.stdout = sys.stderr = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    relay = threading.Thread(
+        target=_relay, args=(reader, destination, plugin), name="output-relay", daemon=True
+    )
+    relay.start()
+
+    def finish() -> None:
+        sys.stdout.flush()
+        os.close(1)
+        os.close(2)
+        relay.join(timeout=1.0)
+
+    return open(destination, "w", buffering=1, closefd=False), finish
+
+
+CONTROL_CHARACTERS = bytes(range(32)).replace(b"\t", b"") + b"\x7f"
+
+
+def _relay(reader: int, destination: int, plugin: str) -> None:
+    prefix = f"plugin '{plugin}' | ".encode()
+    allowance, last, pending = float(OUTPUT_BURST_BYTES), time.monotonic(), b""
+    dropped, told, in_dropped_line = 0, 0.0, False
+    while chunk := os.read(reader, 65536):
+        now = time.monotonic()
+        allowance = min(OUTPUT_BURST_BYTES, allowance + (now - last) * OUTPUT_BYTES_PER_S)
+        last = now
+        if in_dropped_line:  # the rest of a line whose start was dropped goes too
+            end = chunk.find(b"\n") + 1
+            dropped += end or len(chunk)
+            chunk, in_dropped_line = chunk[end:] if end else b"", not end
+        if len(chunk) > allowance:
+            dropped, pending, in_dropped_line = dropped + len(chunk), b"", not chunk.endswith(b"\n")
+        elif chunk:
+            allowance -= len(chunk)
+            *lines, pending = (pending + chunk).split(b"\n")
+            pending = pending[-4096:]
+            os.write(destination, b"".join(prefix + _printable(line) + b"\n" for line in lines))
+        if dropped and now - told >= 5.0:  # one line every 5 s while it floods, not one a chunk
+            os.write(destination, prefix + _dropped(dropped))
+            dropped, told = 0, now
+    if dropped:
+        os.write(destination, prefix + _dropped(dropped))
+
+
+def _printable(line: bytes) -> bytes:
+    return line.translate(None, CONTROL_CHARACTERS)
+
+
+def _dropped(count: int) -> bytes:
+    return f"{count} bytes of output dropped (over {OUTPUT_BYTES_PER_S // 1024} KiB/s)\n".encode()
+
+
 class Host:
-    def __init__(self, path: Path, emit: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, path: Path, emit: Callable[[bytes], None], sandbox_layers: list[str] | None = None
+    ) -> None:
         self.path = path
+        self.sandbox_layers = sandbox_layers or []
         self.emit = emit  # writes a line at once: an ai plugin's partial results
         self.opened: OpenedPlugin | None = None
         self.plugin: Plugin | None = None
@@ -86,7 +162,7 @@ class Host:
             if not isinstance(config, dict):
                 return error_line("'config' must be an object"), False
             self.start(config)
-            return ok_line({}), False
+            return ok_line({"sandbox": self.sandbox_layers} if self.sandbox_layers else {}), False
         if op == "shutdown":
             if self.plugin is not None:
                 self.plugin.shutdown()
@@ -145,14 +221,24 @@ def error_line(error: str) -> bytes:
     return json.dumps({"status": 1, "error": error}).encode() + b"\n"
 
 
-def serve(path: Path, requests: BinaryIO, answers: BinaryIO) -> int:
-    """Answer requests until ``shutdown`` or end of input; 0, or 2 if the plugin cannot load."""
+def serve(
+    path: Path,
+    requests: BinaryIO,
+    answers: BinaryIO,
+    errors: TextIO | None = None,
+    sandbox_layers: Sequence[str] = (),
+    before_request: Callable[[], None] | None = None,
+) -> int:
+    """Answer requests until ``shutdown`` or end of input; 0, or 2 if the plugin cannot load.
+    ``errors`` takes the host's own lines; ``sandbox_layers`` is told in the ``init`` answer;
+    ``before_request`` runs before each (the sandbox's CPU allowance)."""
+    errors = errors or sys.stderr
 
     def emit(line: bytes) -> None:
         answers.write(line)
         answers.flush()
 
-    host = Host(path, emit)
+    host = Host(path, emit, list(sandbox_layers))
     try:
         for line in requests:
             if not line.strip():
@@ -162,12 +248,14 @@ def serve(path: Path, requests: BinaryIO, answers: BinaryIO) -> int:
             except orjson.JSONDecodeError as exc:
                 reply, stop = error_line(f"bad JSON: {exc}"), False
             else:
+                if before_request is not None:
+                    before_request()
                 try:
                     reply, stop = host.answer(request)
                 except PluginLoadError as exc:
                     answers.write(error_line(f"cannot load plugin: {exc}"))
                     answers.flush()
-                    print(f"[WARN] Failed to load plugin '{path.name}': {exc}", file=sys.stderr)
+                    print(f"[WARN] Failed to load plugin '{path.name}': {exc}", file=errors)
                     return 2
             answers.write(reply)
             answers.flush()
@@ -180,20 +268,43 @@ def serve(path: Path, requests: BinaryIO, answers: BinaryIO) -> int:
             try:
                 host.plugin.shutdown()
             except Exception as exc:  # the host is exiting anyway; say why, once
-                print(f"plugin_shutdown() raised {describe_exception(exc)}", file=sys.stderr)
+                print(f"plugin_shutdown() raised {describe_exception(exc)}", file=errors)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    spec = None
+    if len(args) == 3 and args[0] == "--sandbox":
+        spec = SandboxSpec.from_json(args[1])
+        del args[:2]
     if len(args) != 1:
-        print("usage: python -m pipeline.runtimes.host PLUGIN_PATH", file=sys.stderr)
+        print(
+            "usage: python -m pipeline.runtimes.host [--sandbox JSON] PLUGIN_PATH", file=sys.stderr
+        )
         return 2
-    path = Path(args[0])
+    path = Path(args[0]).resolve()
     if not path.exists():
         print(f"plugin not found: {path}", file=sys.stderr)
         return 2
-    return serve(path, sys.stdin.buffer, protect_stdout())
+    protocol = protect_stdout()
+    errors, finish_output = relay_output(path.stem)
+    try:
+        if spec is None:
+            return serve(path, sys.stdin.buffer, protocol, errors)
+        try:
+            layers = sandbox.enter(spec, path, native=is_c_plugin(path))
+        except OSError as exc:  # a layer that should hold did not: never run the plugin
+            protocol.write(error_line(f"cannot load plugin: sandbox: {exc}"))
+            protocol.flush()
+            return 2
+
+        def allow_cpu() -> None:
+            sandbox.allow_cpu(spec.max_cpu_s)
+
+        return serve(path, sys.stdin.buffer, protocol, errors, layers, allow_cpu)
+    finally:
+        finish_output()
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ already holds, and one answer line. A crash, hang or garbage kills only the chil
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +33,40 @@ from pipeline.runtimes.remote import (
     read_line,
     write_all,
 )
+from pipeline.sandbox import SandboxSpec, child_environment
+
+log = logging.getLogger("logloom.plugins")
 
 START_TIMEOUT_S = 15.0
 """For the child to start and answer ``info`` and ``init`` (imports can be slow)."""
 STOP_TIMEOUT_S = 1.0
 
 
-def host_command(path: Path) -> list[str]:
-    return [sys.executable, "-m", "pipeline.runtimes.host", str(path)]
+@dataclass(frozen=True)
+class HostCommand:
+    """How to start a plugin host: its argv and, for a sandboxed one, its whole environment."""
+
+    argv: list[str]
+    env: dict[str, str] | None = None
+
+
+def host_command(path: Path, sandbox: SandboxSpec | None = None) -> HostCommand:
+    argv = [sys.executable, "-m", "pipeline.runtimes.host", str(path)]
+    if sandbox is None:
+        return HostCommand(argv)
+    Path(sandbox.work_dir).mkdir(parents=True, exist_ok=True)
+    return HostCommand(
+        [*argv[:-1], "--sandbox", sandbox.to_json(), str(path)], child_environment(sandbox)
+    )
 
 
 class ChildLink:
     """Pipes to one child process; a new child on every :meth:`open`."""
 
-    def __init__(self, argv: Sequence[str], label: str) -> None:
-        self.argv = list(argv)
+    def __init__(self, command: HostCommand | Sequence[str], label: str) -> None:
+        self.command = command if isinstance(command, HostCommand) else HostCommand(list(command))
         self.label = label
+        self.sandbox_layers: list[str] = []
         self.child: subprocess.Popen[bytes] | None = None
         self._buffer = bytearray()
 
@@ -56,7 +76,8 @@ class ChildLink:
 
     def open(self, config: dict[str, Any]) -> PluginInfo:
         info = self.start()
-        self.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
+        answer = self.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
+        self.sandbox_layers = list(answer.get("sandbox") or [])
         return info
 
     def start(self) -> PluginInfo:
@@ -65,9 +86,14 @@ class ChildLink:
         try:
             # No PDEATHSIG: it follows the thread that started the child, not the process. The
             # host ends when its stdin does, which is when this process goes, however it goes.
-            self.child = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            self.child = subprocess.Popen(
+                self.command.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=self.command.env,
+            )
         except (OSError, subprocess.SubprocessError) as exc:
-            raise LinkError(f"cannot start {self.argv[0]}: {exc}") from None
+            raise LinkError(f"cannot start {self.command.argv[0]}: {exc}") from None
         assert self.child.stdin is not None and self.child.stdout is not None
         os.set_blocking(self.child.stdin.fileno(), False)
         os.set_blocking(self.child.stdout.fileno(), False)
@@ -176,7 +202,7 @@ class ChildLink:
 
 
 def load_in_child(
-    argv: Sequence[str],
+    command: HostCommand | Sequence[str],
     label: str,
     runtime: str,
     config: dict[str, Any],
@@ -184,14 +210,17 @@ def load_in_child(
     types: Collection[str] | None = None,
 ) -> RemotePlugin | None:
     """Start a plugin in a child process; PluginLoadError (naming the cause) if it cannot."""
-    link = ChildLink(argv, label)
+    link = ChildLink(command, label)
     try:
         info = link.start()
         if types is not None and info.type not in types:
             link.close()
             return None
-        link.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
+        answer = link.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
     except LinkError as exc:
         link.close()
         raise PluginLoadError(str(exc).removeprefix("info failed: cannot load plugin: ")) from None
+    link.sandbox_layers = list(answer.get("sandbox") or [])
+    if link.sandbox_layers:
+        log.info("Plugin '%s' sandboxed: %s", info.name, "; ".join(link.sandbox_layers))
     return RemotePlugin(link, info, label, runtime, config, timeout_ms)
