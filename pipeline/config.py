@@ -108,6 +108,7 @@ class PythonPluginsConfig:
     timeout: int = 500
     max_memory: int = 100
     sandbox: bool = False
+    restricted: bool = False
     max_cpu_s: int = 10
     max_processes: int = 32
     sandbox_user: str = "nobody"
@@ -126,6 +127,7 @@ class PluginSettings:
 
     mode: Literal["inprocess", "isolated"] | None = None
     sandbox: bool | None = None
+    restricted: bool | None = None
     timeout_ms: int | None = None
     on_failure: Literal["dlq", "pass"] = "dlq"
     p99_budget_ms: float | None = None

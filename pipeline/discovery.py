@@ -137,12 +137,16 @@ def sandbox_spec(
     candidate: Candidate, config: Config, settings: PluginSettings
 ) -> SandboxSpec | None:
     """The sandbox the plugin runs in: ``plugins.settings.<name>.sandbox``, else
-    ``plugins.python.sandbox`` for Python plugins; None for none."""
+    ``plugins.python.sandbox`` for Python plugins; None for none. ``restricted`` (per plugin,
+    else ``plugins.python.restricted``) adds RestrictedPython and implies the sandbox."""
     python = config.plugins.python
+    is_python = not c_runtime.is_c_plugin(candidate.path)
+    restricted = python.restricted if settings.restricted is None else settings.restricted
+    restricted = restricted and is_python
     wanted = settings.sandbox
     if wanted is None:
-        wanted = python.sandbox and not c_runtime.is_c_plugin(candidate.path)
-    if not wanted:
+        wanted = python.sandbox and is_python
+    if not (wanted or restricted):
         return None
     return SandboxSpec(
         work_dir=str(Path(python.work_dir, candidate.name).resolve()),
@@ -150,6 +154,7 @@ def sandbox_spec(
         max_cpu_s=python.max_cpu_s,
         max_processes=python.max_processes,
         user=python.sandbox_user,
+        restricted=restricted,
     )
 
 

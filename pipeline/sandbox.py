@@ -62,6 +62,7 @@ class SandboxSpec:
     max_open_files: int = 64
     max_file_mb: int = 64
     user: str = "nobody"
+    restricted: bool = False
 
     def to_json(self) -> str:
         import json
@@ -126,6 +127,8 @@ def enter(spec: SandboxSpec, plugin_path: Path, native: bool = False) -> list[st
         AuditGuard(work_dir, BLOCKED_EVENTS - CTYPES_EVENTS if native else BLOCKED_EVENTS)
     )
     report.append("audit hooks")
+    if spec.restricted and not native:
+        report.append("RestrictedPython (compiled as restricted code, allow-listed imports)")
     return report
 
 

@@ -274,3 +274,68 @@ def test_a_host_that_cannot_enter_its_sandbox_never_runs_the_plugin(tmp_path: Pa
     assert answer.returncode == 2
     assert b"cannot load plugin: sandbox:" in answer.stdout
     assert not marker.exists()
+
+
+RESTRICTED_FILTER = """
+import re
+PLUGIN_INFO = {"name": "keyword_filter", "version": "1.0.0", "type": "filter"}
+settings = {"pattern": "password"}
+def plugin_init(config):
+    settings.update(config)
+    return 0
+def plugin_shutdown(): pass
+def plugin_process(entry):
+    words = [word for word in entry.get("message", "").split() if word]
+    return bool(words) and re.search(settings["pattern"], entry["message"]) is None
+"""
+ESCAPES = {  # name: (module top, function body)
+    "subclass_walk": ("", "return ().__class__.__bases__[0].__subclasses__() is None"),
+    "imports_os": ("import os\n", "return os.system('id') == 0"),
+    "uses_open": ("", "return open('/etc/passwd').read() == ''"),
+}
+
+
+def test_restricted_mode_runs_plain_logic_and_refuses_the_ways_out(
+    tmp_path: Path, attack_matrix: list[tuple[str, str]]
+) -> None:
+    from pipeline.config import parse_config
+    from pipeline.discovery import load_plugins
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "keyword_filter.py").write_text(RESTRICTED_FILTER)
+    for name, (top, body) in ESCAPES.items():
+        (plugins / f"{name}.py").write_text(
+            f"{top}PLUGIN_INFO = {{'name': '{name}', 'version': '1.0.0', 'type': 'filter'}}\n"
+            "def plugin_init(config): return 0\n"
+            "def plugin_shutdown(): pass\n"
+            f"def plugin_process(entry):\n    {body}\n"
+        )
+    config = parse_config(
+        {
+            "plugins": {
+                "enabled": ["keyword_filter", *ESCAPES],
+                "paths": [str(plugins)],
+                "config": {"keyword_filter": {"pattern": "secret"}},
+                "python": {"restricted": True, "work_dir": str(tmp_path / "work")},
+            }
+        }
+    )
+    failures: list[str] = []
+    loaded = load_plugins(config, failures=failures)
+    try:
+        assert [plugin.name for plugin in loaded] == ["keyword_filter", "uses_open"]
+        entries = [Entry(level="INFO", module="M", message=m) for m in ("a secret", "fine", "")]
+        assert loaded[0].call_batch(entries) == [False, True, False]
+        assert loaded[0].plugin.runtime == "python-subprocess"
+        (result,) = loaded[1].call_batch(entries[:1])
+        assert isinstance(result, Failure) and "name 'open' is not defined" in result.error
+    finally:
+        for plugin in loaded:
+            plugin.shutdown()
+    assert len(failures) == 2, failures
+    assert '"__subclasses__" is an invalid attribute name' in failures[0]
+    assert failures[1].endswith("import of 'os' is not allowed")
+    attack_matrix.append(("restricted: walk __subclasses__", "refused at load (RestrictedPython)"))
+    attack_matrix.append(("restricted: import os", "refused at load (RestrictedPython)"))
+    attack_matrix.append(("restricted: open a file", "NameError; DLQ"))

@@ -54,13 +54,16 @@ def is_plugin_file(path: Path) -> bool:
     )
 
 
-def open_plugin_file(path: Path, settings: Mapping[str, Any]) -> OpenedPlugin:
-    """Open a Python or C plugin in this process; PluginLoadError says why it cannot be."""
+def open_plugin_file(
+    path: Path, settings: Mapping[str, Any], restricted: bool = False
+) -> OpenedPlugin:
+    """Open a Python or C plugin in this process; PluginLoadError says why it cannot be.
+    ``restricted`` compiles a Python plugin with RestrictedPython."""
     origin = str(path)
     if c.is_c_plugin(path):
         library, info = c.open_c_plugin(path, settings)
         return OpenedPlugin(info, partial(c.start_c_plugin, library, info, origin))
     if path.suffix == ".py" or path.is_dir():
-        module, info = python.open_python_plugin(path)
+        module, info = python.open_python_plugin(path, restricted)
         return OpenedPlugin(info, partial(python.start_python_plugin, module, info, origin))
     raise PluginLoadError(f"no runtime for '{path.suffix}' files")

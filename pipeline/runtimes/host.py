@@ -117,17 +117,22 @@ def _dropped(count: int) -> bytes:
 
 class Host:
     def __init__(
-        self, path: Path, emit: Callable[[bytes], None], sandbox_layers: list[str] | None = None
+        self,
+        path: Path,
+        emit: Callable[[bytes], None],
+        sandbox_layers: list[str] | None = None,
+        restricted: bool = False,
     ) -> None:
         self.path = path
         self.sandbox_layers = sandbox_layers or []
+        self.restricted = restricted
         self.emit = emit  # writes a line at once: an ai plugin's partial results
         self.opened: OpenedPlugin | None = None
         self.plugin: Plugin | None = None
 
     def open(self) -> OpenedPlugin:
         if self.opened is None:
-            self.opened = open_plugin_file(self.path, file_config(self.path))
+            self.opened = open_plugin_file(self.path, file_config(self.path), self.restricted)
         return self.opened
 
     def start(self, config: Mapping[str, Any] | None) -> Plugin:
@@ -238,7 +243,8 @@ def serve(
         answers.write(line)
         answers.flush()
 
-    host = Host(path, emit, list(sandbox_layers))
+    restricted = any(layer.startswith("RestrictedPython") for layer in sandbox_layers)
+    host = Host(path, emit, list(sandbox_layers), restricted)
     try:
         for line in requests:
             if not line.strip():

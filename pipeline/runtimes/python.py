@@ -139,9 +139,15 @@ class PythonPlugin:
             shutdown()
 
 
-def open_python_plugin(path: Path) -> tuple[ModuleType, PluginInfo]:
-    """Import and validate a plugin without initialising it; PluginLoadError says what is wrong."""
-    module = import_plugin_module(path)
+def open_python_plugin(path: Path, restricted: bool = False) -> tuple[ModuleType, PluginInfo]:
+    """Import and validate a plugin without initialising it; PluginLoadError says what is wrong.
+    ``restricted``: compile it with RestrictedPython (:mod:`pipeline.restricted`)."""
+    if restricted:
+        from pipeline.restricted import load_restricted_module
+
+        module = load_restricted_module(path)
+    else:
+        module = import_plugin_module(path)
     info = module_info(module, str(path))
     if not any(callable(getattr(module, hook, None)) for hook in PROCESS_HOOKS[info.type]):
         raise PluginLoadError("missing plugin_process()")
