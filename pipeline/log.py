@@ -1,5 +1,11 @@
 """Log lines as operators read them: ``[WARN] Failed to load plugin 'x.py': <reason>``.
 
+One event is one line. Text a plugin or an entry controls (an error message, a log message on
+its way to a text sink) goes through :func:`one_line` first, so it cannot end the line and
+forge another (``\\n[ERROR] ...``), rewrite it (``\\r``) or send terminal escapes (``\\x1b[2J``):
+CR, LF and the other control characters are shown as escapes instead. The formatter of
+:func:`setup_logging` does the same to every record, whoever logs it.
+
 Secrets (the Redis password) never appear: :func:`redact_url` shows a URL as
 ``rediss://alice:***@host:6380/0``, and every secret registered with :func:`add_secret` is
 masked in every log line from then on.
@@ -70,11 +76,36 @@ def redact(text: str) -> str:
     return text
 
 
+_CONTROL = (*range(0x20), 0x7F, *range(0x80, 0xA0), 0x2028, 0x2029)
+"""C0, DEL, C1 (NEL and the 8-bit CSI among them), and Unicode's line and paragraph separators."""
+_SHORT = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+_ESCAPES = {code: _SHORT.get(code) or f"\\x{code:02x}" for code in _CONTROL if code < 0x100}
+_ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+_JSON_ESCAPES = {code: f"\\u{code:04x}" for code in _CONTROL if code >= 0x7F}
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\r``, ``\\t``, ``\\x1b``,
+    ``\\u2028``): one line on a terminal or in a file, however it was made. Backslashes are
+    left alone, so ordinary text (Windows paths) reads as before."""
+    if text.isprintable():  # the common case, and every character escaped is unprintable
+        return text
+    return text.translate(_ESCAPES)
+
+
+def one_line_json(text: str) -> str:
+    """A JSON text made safe for a terminal without changing what it means: JSON escapes the C0
+    controls already; DEL, C1 and U+2028/U+2029 become ``\\uXXXX`` escapes too."""
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return text.translate(_JSON_ESCAPES)
+
+
 class SafeFormatter(logging.Formatter):
-    """``[LEVEL] message`` with every registered secret masked (tracebacks included)."""
+    """``[LEVEL] message``: secrets masked, the whole record on one line (tracebacks escaped)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return one_line(redact(super().format(record)))
 
 
 def setup_logging(level: str | None = None) -> None:

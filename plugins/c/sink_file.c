@@ -6,6 +6,11 @@
  * after every batch (default false).
  *
  * Each batch goes to the file in one write, so several sink workers can share the file.
+ *
+ * One entry is one line: an entry's JSON is written as it came, and JSON allows a raw CR or LF
+ * between its tokens, which would split it over several lines (and a nested object alone on
+ * one of them would read as an entry of its own). Such bytes are written as spaces: outside
+ * strings JSON treats them as whitespace, so the entry still means the same (design §7.4).
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -169,6 +174,18 @@ static int make_parent_dir(void)
     return -1;
 }
 
+/* Copies one entry's JSON to o as a single line: every control byte becomes a space. Valid JSON
+ * has them only as whitespace between tokens (inside strings they are escaped), so this changes
+ * nothing but the line breaks. */
+static char *put_one_line(char *o, const char *json, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)json[i];
+        o[i] = c < 0x20 ? ' ' : (char)c;
+    }
+    return o + n;
+}
+
 /* The batch as one run of lines in batch_buf, after a newline that ends a line torn by an earlier
  * failed write; its length, 0 when the buffer cannot grow. */
 static size_t fill_batch(const log_entry_t *entries, size_t count)
@@ -189,10 +206,8 @@ static size_t fill_batch(const log_entry_t *entries, size_t count)
     if (torn)
         *o++ = '\n';
     for (size_t i = 0; i < count; i++) {
-        size_t n = strlen(entries[i].json);
-        memcpy(o, entries[i].json, n);
-        o[n] = '\n';
-        o += n + 1;
+        o = put_one_line(o, entries[i].json, strlen(entries[i].json));
+        *o++ = '\n';
     }
     return len;
 }

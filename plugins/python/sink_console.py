@@ -1,8 +1,15 @@
-"""Print entries to the terminal, one readable line each (or JSON with ``format: json``)."""
+"""Print entries to the terminal, one readable line each (or JSON with ``format: json``).
+
+One entry is one line, whatever it holds: CR, LF and other control characters in its text are
+printed as escapes (``\\n``, ``\\x1b``), so an entry cannot forge another line or send
+terminal escapes (log injection, design §7.4).
+"""
 
 import sys
 
 import orjson
+
+from pipeline.log import one_line, one_line_json
 
 PLUGIN_INFO = {
     "name": "sink_console",
@@ -27,13 +34,13 @@ def plugin_init(config):
 
 def _line(entry):
     if settings["format"] == "json":
-        return orjson.dumps(entry).decode()
+        return one_line_json(orjson.dumps(entry).decode())  # JSON escapes CR and LF itself
     text = entry.get("message")
     if text is None:
         text = entry.get("lang_key", "")
     module = entry.get("module")
     where = f" [{module}]" if module else ""
-    return f"{entry.get('timestamp', '')} {entry.get('level', ''):<5}{where} {text}"
+    return one_line(f"{entry.get('timestamp', '')} {entry.get('level', ''):<5}{where} {text}")
 
 
 def flush(entries):
