@@ -3,7 +3,10 @@
 The ai stage (:mod:`pipeline.stages.ai`) hands batches of entries to RQ jobs that run
 :func:`analyze_batch`. The job feeds each entry to the ai plugin (``analyze(entry)`` or
 ``plugin_process(entry)``, CONTRACT §3) and XADDs every result to ``logloom:ai:results`` the
-moment it exists: a generator's yields as partial results, then a final one. A job that raises
+moment it exists: a generator's yields as partial results, then a final one. Each result,
+partial or final, must pass the output check (:func:`pipeline.outputs.encode_ai_result`: a JSON
+object of at most 64 KiB); the first that does not sends its entry to ``logloom:dlq:ai`` with
+the reason, and nothing more of that entry's results is written. A job that raises
 or times out is retried by RQ; when its retries are spent RQ keeps it in its failed registry
 (traceback included) and :func:`dead_letter_failed_jobs` moves its entries to
 ``logloom:dlq:ai``.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -29,6 +33,9 @@ from pipeline.discovery import load_one
 from pipeline.entry import Entry
 from pipeline.errors import PluginCallError
 from pipeline.keys import Keys
+from pipeline.log import one_line
+from pipeline.metrics import DEAD_LETTERS, PLUGIN_ERRORS
+from pipeline.outputs import BadOutput, clean_error, encode_ai_result
 from pipeline.plugin import Failure, Plugin
 from pipeline.runtimes.python import PythonPlugin
 
@@ -109,10 +116,17 @@ def analyze_batch(
     keys = Keys(prefix)
     connection: redis.Redis = job.connection
     seq = 0
+    rejected: Counter[str] = Counter()
     for raw, source_id in zip(entries, ids, strict=True):
         entry = Entry(orjson.loads(raw))
+        wrong: str | None = None
         for result, final in results_of(plugin, entry):
-            if is_nothing(result):
+            if wrong is not None or is_nothing(result):
+                continue  # after a bad result the rest are read (a host's lines) and dropped
+            try:
+                data = encode_ai_result(result)
+            except BadOutput as exc:
+                wrong = one_line(str(exc) if final else f"partial result: {exc}")
                 continue
             seq += 1
             connection.xadd(
@@ -123,21 +137,51 @@ def analyze_batch(
                     "seq": seq,
                     "final": int(final),
                     "source_ids": orjson.dumps([source_id]),
-                    "result": orjson.dumps(result, default=str),
+                    "result": data,
                     "produced_at": f"{time.time():.3f}",
                 },
                 maxlen=RESULTS_MAX_LEN,
                 approximate=True,
             )
+        if wrong is not None:
+            rejected[wrong] += 1
+            connection.xadd(
+                keys.dlq("ai"),
+                dlq.letter(
+                    raw,
+                    error=wrong,
+                    plugin=plugin_name,
+                    stage="ai",
+                    attempts=1,
+                    source_stream=keys.filtered,
+                    source_id=source_id,
+                    replay_to=keys.ai_replay,
+                ),
+            )
+    if rejected:
+        _report_rejected(plugin_name, rejected, keys)
     return seq
 
 
+def _report_rejected(plugin_name: str, rejected: Counter[str], keys: Keys) -> None:
+    """Metrics, and one ``[ERROR]`` line per distinct reason in the job (not one per entry)."""
+    total = sum(rejected.values())
+    PLUGIN_ERRORS.labels(plugin_name, "ai").inc(total)
+    DEAD_LETTERS.labels("ai", plugin_name).inc(total)
+    for reason, count in rejected.items():
+        log.error(
+            "Plugin '%s' failed on %d entries: %s (sent to %s)",
+            plugin_name, count, reason, keys.dlq("ai"),
+        )  # fmt: skip
+
+
 def last_error(job: Job) -> str:
-    """The last line of the job's traceback (``TimeoutError: ...``), or why there is none."""
+    """The last line of the job's traceback (``TimeoutError: ...``), or why there is none; made
+    safe to show (:func:`pipeline.outputs.clean_error`): a plugin's exception wrote it."""
     result = job.latest_result()
     text = (result.exc_string if result is not None else None) or ""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "job failed (the worker running it died)"
+    return clean_error(lines[-1].strip()) if lines else "job failed (the worker running it died)"
 
 
 def dead_letter_failed_jobs(client: redis.Redis, queue: Queue, keys: Keys, attempts: int) -> int:

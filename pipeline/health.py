@@ -1,10 +1,12 @@
 """Per-plugin health: the one wrapper every loaded plugin runs in, whatever its runtime.
 
-It times each call into the latency histogram, checks the answer's length, counts calls and
-failures for ``logloom plugins list``, and runs a circuit breaker (design §5.3): after
-``circuit.failures`` calls in a row that failed for every entry (a dead link, a plugin that
-raises on anything), the plugin is not called for ``circuit.cooldown_s`` and its entries fail at
-once with ``circuit open``; then one batch is let through to probe it. A call that fails only
+It times each call into the latency histogram, checks the answer's length and every result
+against the plugin type's contract (:mod:`pipeline.outputs`: a filter's ``"yes"`` becomes a
+Failure saying so, never a kept entry), counts calls and failures for ``logloom plugins list``,
+and runs a circuit breaker (design §5.3): after ``circuit.failures`` calls in a row that failed
+for every entry (a dead link, a plugin that raises on anything), the plugin is not called for
+``circuit.cooldown_s`` and its entries fail at once with ``circuit open``; then one batch is let
+through to probe it. A call that fails only
 some entries is a plugin at work, not a broken one.
 ``on_failure: pass`` turns every failure into a pass (a filter keeps the entry, a sink counts it
 delivered) for plugins whose loss is better than a DLQ entry. A disabled plugin is skipped by
@@ -21,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline import outputs
 from pipeline.config import PluginSettings
 from pipeline.entry import Entry
 from pipeline.errors import PluginLoadError
@@ -32,17 +35,6 @@ log = logging.getLogger("logloom.plugins")
 CIRCUIT_OPEN_ERROR = "circuit open"
 LATENCY_WINDOW = 200
 """Calls in the window a p99 is taken over; it is checked once per window."""
-
-
-def failed(result: Any, plugin_type: str) -> bool:
-    """Whether a result is a failure: a Failure, or an answer the type does not allow."""
-    if isinstance(result, Failure):
-        return True
-    if plugin_type == "filter":
-        return result is not True and result is not False
-    if plugin_type == "sink":
-        return type(result) is not int or result != 0
-    return False
 
 
 class Unavailable:
@@ -167,7 +159,8 @@ class GuardedPlugin:
         if self._pending_reload is not None:
             self.apply_pending()
         if self.open_until is not None and time.monotonic() < self.open_until:
-            return self._settle([Failure(CIRCUIT_OPEN_ERROR)] * len(entries), called=False)
+            refused = [Failure(CIRCUIT_OPEN_ERROR)] * len(entries)
+            return self._settle(refused, refused, called=False)
         started = time.perf_counter()
         results = self.plugin.call_batch(entries)
         elapsed = time.perf_counter() - started
@@ -179,22 +172,26 @@ class GuardedPlugin:
             results = [
                 Failure(f"answered {len(results)} results for {len(entries)} entries")
             ] * len(entries)
-        return self._settle(results, called=True, retry=retry)
+        results, failures = outputs.screen(results, self.info.type)
+        return self._settle(results, failures, called=True, retry=retry)
 
-    def _settle(self, results: list[Any], called: bool, retry: bool = False) -> list[Any]:
-        """Count failures, move the breaker, and apply ``on_failure``."""
-        kind = self.info.type
-        failures = [result for result in results if failed(result, kind)]
+    def _settle(
+        self,
+        results: list[Any],
+        failures: Sequence[Failure],
+        called: bool,
+        retry: bool = False,
+    ) -> list[Any]:
+        """Count ``failures`` (the Failures among ``results``), move the breaker, and apply
+        ``on_failure``."""
         if called:
             self.failures += len(failures)
         if called and (not retry or self.open_until is not None):  # a probe always counts
-            last = failures[-1] if failures else None
-            cause = last.error if isinstance(last, Failure) else f"returned {last!r}"
-            self._track(len(failures), len(results), cause if failures else "")
+            self._track(len(failures), len(results), failures[-1].error if failures else "")
         if not failures or self.settings.on_failure == "dlq":
             return results
-        passing = passing_result(kind)
-        return [passing if failed(result, kind) else result for result in results]
+        passing = passing_result(self.info.type)
+        return [passing if isinstance(result, Failure) else result for result in results]
 
     def _track(self, failed: int, total: int, last_error: str) -> None:
         if failed < total:

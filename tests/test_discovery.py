@@ -175,4 +175,4 @@ def test_per_entry_faults_become_failures_not_exceptions(
     assert results[0] is True
     assert results[1] == Failure("ValueError: cannot parse m")
     assert isinstance(results[2], Failure) and "read-only" in results[2].error
-    assert results[3] == "yes"
+    assert results[3] == Failure("returned str, a filter must return bool")  # output check

@@ -365,7 +365,7 @@ def test_a_filter_that_raises_or_answers_garbage_dead_letters_only_those_entries
         errors[fields[b"error"].decode()] += 1
     assert errors == {
         "KeyError: 'no such customer'": len(raised),
-        "returned 'keep', expected True or False": len(garbage),
+        "returned str, a filter must return bool": len(garbage),
     }
     assert "Plugin 'filter_picky' failed on" in workers.output()
 

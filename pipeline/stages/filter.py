@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from redis.typing import EncodableT, FieldT
 
-from pipeline import dlq
+from pipeline import dlq, outputs
 from pipeline.config import Config
 from pipeline.entry import Entry, decode, original_json
 from pipeline.errors import MalformedEntry
@@ -133,7 +133,7 @@ class FilterStage:
                 error = (
                     result.error
                     if isinstance(result, Failure)
-                    else f"returned {result!r}, expected True or False"
+                    else outputs.check(result, "filter") or "not a filter's answer"
                 )
                 failures[error] += 1
                 letters.append(

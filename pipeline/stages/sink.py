@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pipeline import dlq
+from pipeline import dlq, outputs
 from pipeline.config import Config
 from pipeline.entry import Entry, decode_forwarded, original_json
 from pipeline.errors import MalformedEntry
@@ -49,7 +49,7 @@ def delivery_error(result: object) -> str | None:
         return None
     if isinstance(result, Failure):
         return result.error
-    return f"returned {result!r}, expected 0"
+    return outputs.check(result, "sink") or "not a sink's answer"
 
 
 class SinkStage:
