@@ -173,7 +173,11 @@ def load_candidate(
     if run_mode(candidate, config, settings) == "isolated":
         runtime = "c-isolated" if c_runtime.is_c_plugin(candidate.path) else "python-subprocess"
         return load_in_child(
-            host_command(candidate.path, sandbox_spec(candidate, config, settings)),
+            host_command(
+                candidate.path,
+                sandbox_spec(candidate, config, settings),
+                config.plugins.python.max_memory,
+            ),
             str(candidate.path),
             runtime,
             plugin_settings,

@@ -163,6 +163,7 @@ def test_the_attack_matrix_through_a_real_worker(
     assert "bytes of output dropped" in log, "the flood was cut, and said so"
     assert len(log) < 2_000_000, "100 MB printed did not reach the worker's log"
     assert "Plugin 'attacker' failed on 1 entries: SandboxBlocked: sandbox blocked os.system" in log
+    assert "Plugin 'attacker': the plugin ran out of memory; its host is started again" in log
 
 
 C_ATTACKER = r"""

@@ -129,6 +129,7 @@ class Host:
         self.emit = emit  # writes a line at once: an ai plugin's partial results
         self.opened: OpenedPlugin | None = None
         self.plugin: Plugin | None = None
+        self.out_of_memory = False  # a host whose plugin hit its memory cap exits after answering
 
     def open(self) -> OpenedPlugin:
         if self.opened is None:
@@ -183,7 +184,8 @@ class Host:
             return self.streamed(plugin, Entry(raw))
         (result,) = plugin.call_batch([Entry(raw)])
         if isinstance(result, Failure):
-            return error_line(result.error)
+            self.out_of_memory |= result.error.startswith("MemoryError")
+            return error_line(result.error, self.out_of_memory)
         # The debugging recipe's answer reads like the design's: {"status": 0, "result": true}.
         return json.dumps({"status": 0, "result": result}, default=str).encode() + b"\n"
 
@@ -212,18 +214,30 @@ class Host:
             result = next(answers) if entry is not None else Failure("entry is not an object")
             if isinstance(result, Failure):
                 errors[str(index)] = result.error
+                self.out_of_memory |= result.error.startswith("MemoryError")
                 result = None
             results.append(result)
         line = {"status": 0, "results": results, "errors": errors}
+        if self.out_of_memory:
+            line["exiting"] = EXITING_OUT_OF_MEMORY
         return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+EXIT_OUT_OF_MEMORY = 75
+EXITING_OUT_OF_MEMORY = "the plugin ran out of memory"
+"""Said in the answer (``"exiting"``) before the host exits, so the worker starts a new one for
+the next call instead of finding a closed pipe."""
 
 
 def ok_line(fields: dict[str, Any]) -> bytes:
     return json.dumps({"status": 0, **fields}, default=str).encode() + b"\n"
 
 
-def error_line(error: str) -> bytes:
-    return json.dumps({"status": 1, "error": error}).encode() + b"\n"
+def error_line(error: str, exiting: bool = False) -> bytes:
+    fields = {"status": 1, "error": error}
+    if exiting:
+        fields["exiting"] = EXITING_OUT_OF_MEMORY
+    return json.dumps(fields).encode() + b"\n"
 
 
 def serve(
@@ -267,6 +281,9 @@ def serve(
             answers.flush()
             if stop:
                 return 0
+            if host.out_of_memory:  # what it leaked stays leaked: start over, not limp on
+                print("plugin ran out of memory; the host exits to be started afresh", file=errors)
+                return EXIT_OUT_OF_MEMORY
     except BrokenPipeError:
         return 0
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -44,16 +45,21 @@ STOP_TIMEOUT_S = 1.0
 
 @dataclass(frozen=True)
 class HostCommand:
-    """How to start a plugin host: its argv and, for a sandboxed one, its whole environment."""
+    """How to start a plugin host: its argv, for a sandboxed one its whole environment, and the
+    memory it may fill (RLIMIT_DATA, set on it from here: a leaking plugin gets MemoryError,
+    then a fresh host, instead of the machine's memory)."""
 
     argv: list[str]
     env: dict[str, str] | None = None
+    max_memory_mb: int | None = None
 
 
-def host_command(path: Path, sandbox: SandboxSpec | None = None) -> HostCommand:
+def host_command(
+    path: Path, sandbox: SandboxSpec | None = None, max_memory_mb: int | None = None
+) -> HostCommand:
     argv = [sys.executable, "-m", "pipeline.runtimes.host", str(path)]
     if sandbox is None:
-        return HostCommand(argv)
+        return HostCommand(argv, max_memory_mb=max_memory_mb)
     Path(sandbox.work_dir).mkdir(parents=True, exist_ok=True)
     return HostCommand(
         [*argv[:-1], "--sandbox", sandbox.to_json(), str(path)], child_environment(sandbox)
@@ -67,6 +73,7 @@ class ChildLink:
         self.command = command if isinstance(command, HostCommand) else HostCommand(list(command))
         self.label = label
         self.sandbox_layers: list[str] = []
+        self.exiting: str | None = None  # the host said it exits after its last answer, and why
         self.child: subprocess.Popen[bytes] | None = None
         self._buffer = bytearray()
 
@@ -95,6 +102,12 @@ class ChildLink:
         except (OSError, subprocess.SubprocessError) as exc:
             raise LinkError(f"cannot start {self.command.argv[0]}: {exc}") from None
         assert self.child.stdin is not None and self.child.stdout is not None
+        if self.command.max_memory_mb:
+            limit = self.command.max_memory_mb * 1024 * 1024
+            try:
+                resource.prlimit(self.child.pid, resource.RLIMIT_DATA, (limit, limit))
+            except OSError as exc:  # it exited already: the info request below says so
+                log.debug("prlimit(%d): %s", self.child.pid, exc)
         os.set_blocking(self.child.stdin.fileno(), False)
         os.set_blocking(self.child.stdout.fileno(), False)
         self._buffer.clear()
@@ -114,7 +127,10 @@ class ChildLink:
 
     def call(self, entries: Sequence[Entry], deadline: float) -> list[Any]:
         line = b'{"batch":[' + entries_json(entries) + b"]}\n"
-        return batch_results(self._exchange(line, deadline), len(entries))
+        answer = self._exchange(line, deadline)
+        if isinstance(answer, dict) and isinstance(answer.get("exiting"), str):
+            self.exiting = answer["exiting"]
+        return batch_results(answer, len(entries))
 
     def stream(self, entry: Entry, line_timeout_s: float) -> Iterator[tuple[Any, bool]]:
         """An ai plugin's ``(result, final)`` pairs for one entry as its lines arrive: the
@@ -179,7 +195,7 @@ class ChildLink:
         return f"{cause}: exited with status {code}"
 
     def close(self) -> None:
-        child, self.child = self.child, None
+        child, self.child, self.exiting = self.child, None, None
         if child is None:
             return
         if child.poll() is None:

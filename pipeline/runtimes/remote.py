@@ -206,6 +206,11 @@ class RemotePlugin:
         return results
 
     def _call(self, entries: Sequence[Entry]) -> list[Any]:
+        exiting = getattr(self.link, "exiting", None)
+        if exiting:  # it answered its last call, then left: a new one, and no error for this
+            log.warning("Plugin '%s': %s; its host is started again", self.name, exiting)
+            self._needs_open = True
+            self.link.close()
         if self._needs_open:
             self._reopen()
         return self.link.call(entries, time.monotonic() + self.budget_s(len(entries)))
