@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import orjson
 import redis
+from redis.typing import EncodableT, FieldT
 from rq import get_current_job
 from rq.job import Job
 from rq.queue import Queue
@@ -34,7 +35,7 @@ from pipeline.entry import Entry
 from pipeline.errors import PluginCallError
 from pipeline.keys import Keys
 from pipeline.log import one_line
-from pipeline.metrics import DEAD_LETTERS, PLUGIN_ERRORS
+from pipeline.metrics import AI_JOB_SECONDS, AI_RESULTS, DEAD_LETTERS, PLUGIN_ERRORS
 from pipeline.outputs import BadOutput, clean_error, encode_ai_result
 from pipeline.plugin import Failure, Plugin
 from pipeline.runtimes.python import PythonPlugin
@@ -110,6 +111,7 @@ def analyze_batch(
     config_source: str,
 ) -> int:
     """The RQ job: run one ai plugin over a batch, streaming each result. Returns how many."""
+    started = time.perf_counter()
     job = get_current_job()
     assert job is not None, "runs as an RQ job"
     plugin = plugin_for(plugin_name, config_source)
@@ -143,24 +145,30 @@ def analyze_batch(
                 maxlen=RESULTS_MAX_LEN,
                 approximate=True,
             )
+            AI_RESULTS.labels(plugin_name, str(int(final))).inc()
         if wrong is not None:
             rejected[wrong] += 1
-            connection.xadd(
-                keys.dlq("ai"),
-                dlq.letter(
-                    raw,
-                    error=wrong,
-                    plugin=plugin_name,
-                    stage="ai",
-                    attempts=1,
-                    source_stream=keys.filtered,
-                    source_id=source_id,
-                    replay_to=keys.ai_replay,
-                ),
-            )
+            connection.xadd(keys.dlq("ai"), ai_letter(keys, plugin_name, raw, source_id, wrong, 1))
     if rejected:
         _report_rejected(plugin_name, rejected, keys)
+    AI_JOB_SECONDS.labels(plugin_name).observe(time.perf_counter() - started)
     return seq
+
+
+def ai_letter(
+    keys: Keys, plugin: str, raw: bytes, source_id: bytes | str, error: str, attempts: int
+) -> dict[FieldT, EncodableT]:
+    """A dead letter of the ai stage: replayed to ``logloom:ai:replay``, read only by it."""
+    return dlq.letter(
+        raw,
+        error=error,
+        plugin=plugin,
+        stage="ai",
+        attempts=attempts,
+        source_stream=keys.filtered,
+        source_id=source_id,
+        replay_to=keys.ai_replay,
+    )
 
 
 def _report_rejected(plugin_name: str, rejected: Counter[str], keys: Keys) -> None:
@@ -200,19 +208,7 @@ def dead_letter_failed_jobs(client: redis.Redis, queue: Queue, keys: Keys, attem
         error = last_error(job)
         pipe = client.pipeline(transaction=True)
         for raw, source_id in zip(entries, ids, strict=True):
-            pipe.xadd(
-                keys.dlq("ai"),
-                dlq.letter(
-                    raw,
-                    error=error,
-                    plugin=plugin_name,
-                    stage="ai",
-                    attempts=attempts,
-                    source_stream=keys.filtered,
-                    source_id=source_id,
-                    replay_to=keys.ai_replay,
-                ),
-            )
+            pipe.xadd(keys.dlq("ai"), ai_letter(keys, plugin_name, raw, source_id, error, attempts))
         pipe.execute()
         job.meta["dead_lettered"] = True
         job.save_meta()  # type: ignore[no-untyped-call]
@@ -247,6 +243,18 @@ def read_results(
                 last = item[0]
                 if wanted(item):
                     yield item
+
+
+def result_dict(item: ResultItem) -> dict[str, Any]:
+    """One result as JSON-ready data: its fields, the stream ``id``, and ``result`` parsed
+    (what ``logloom ai tail --json`` prints and the dashboard shows)."""
+    stream_id, fields = item
+    data = {key.decode(): value.decode(errors="replace") for key, value in fields.items()}
+    try:
+        result = orjson.loads(data.get("result", "null"))
+    except orjson.JSONDecodeError:  # written by hand into the stream: shown as it is
+        result = data.get("result")
+    return {**data, "id": stream_id.decode(), "result": result}
 
 
 def queue_for(client: redis.Redis, config: Config) -> Queue:
