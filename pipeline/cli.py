@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("validate", help="check the config and load every enabled plugin")
 
+    dashboard = commands.add_parser("dashboard", help="serve the live web dashboard")
+    dashboard.add_argument("--host", help="address to listen on (default: dashboard.host)")
+    dashboard.add_argument("--port", type=int, help="port (default: dashboard.port; 0: a free one)")
+
     produce = commands.add_parser(
         "produce", help="XADD JSON lines or text lines to the ingest stream"
     )
@@ -200,6 +204,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         if args.metrics_host:
             config.metrics.host = args.metrics_host
         return run_worker(config, args.stage, port, args.sink)
+    if args.command == "dashboard":
+        from pipeline.dashboard.server import serve
+
+        return serve(config, resolve_url(config), args.host, args.port)
     if args.command == "demo":
         from workers.demo import run_demo
 
@@ -265,16 +273,15 @@ def _ai_tail(args: argparse.Namespace, config: Config, client: redis.Redis) -> i
 
 
 def _ai_line(item: tuple[bytes, dict[bytes, bytes]], as_json: bool) -> str:
-    stream_id, fields = item
-    data = {key.decode(): value.decode(errors="replace") for key, value in fields.items()}
-    result = orjson.loads(data.get("result", "null"))
+    data = ai.result_dict(item)
     if as_json:
-        return orjson.dumps({**data, "id": stream_id.decode(), "result": result}).decode()
+        return orjson.dumps(data).decode()
+    result = data["result"]
     text = result.get("summary") if isinstance(result, dict) and "summary" in result else result
     kind = "final" if data.get("final") == "1" else "partial"
     shown = text if isinstance(text, str) else orjson.dumps(text).decode()
     return (
-        f"{stream_id.decode()}  {data.get('plugin')}  job {data.get('job', '')[:8]} "
+        f"{data['id']}  {data.get('plugin')}  job {data.get('job', '')[:8]} "
         f"#{data.get('seq')} {kind}: {shown}"
     )
 

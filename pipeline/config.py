@@ -100,6 +100,14 @@ class MetricsConfig:
 
 
 @dataclass
+class DashboardConfig:
+    host: str = "127.0.0.1"
+    port: int = 9465
+    refresh_ms: int = 1000
+    history_minutes: int = 10
+
+
+@dataclass
 class PythonPluginsConfig:
     enabled: bool = True
     mode: Literal["embedded", "subprocess"] = "embedded"
@@ -169,6 +177,7 @@ class Config:
     sink: SinkConfig = field(default_factory=SinkConfig)
     ai: AiConfig = field(default_factory=AiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     source: str = "<defaults>"
@@ -277,6 +286,8 @@ def _check_values(config: Config) -> None:
         "ai.max_queued_jobs": config.ai.max_queued_jobs,
         "ai.job_timeout_s": config.ai.job_timeout_s,
         "stages.max_deliveries": config.stages.max_deliveries,
+        "dashboard.refresh_ms": config.dashboard.refresh_ms,
+        "dashboard.history_minutes": config.dashboard.history_minutes,
     }
     for key, value in positive.items():
         if value < 1:

@@ -248,7 +248,19 @@ class GuardedPlugin:
             "restarts": self.restarts,
             "reloads": self.reloads,
             "last_error": self.last_error,
+            "p50_ms": self.latency_ms(0.50),
+            "p99_ms": self.latency_ms(0.99),
         }
+
+    def latency_ms(self, quantile: float) -> float | None:
+        """Call time at ``quantile`` over the last LATENCY_WINDOW calls (ms); None before any.
+
+        Read by the report thread while the stage thread appends: ``deque.copy`` is one step
+        under the GIL, where iterating the deque itself could fail mid-append."""
+        window = sorted(self._latencies.copy())
+        if not window:
+            return None
+        return round(window[min(len(window) - 1, int(len(window) * quantile))] * 1000, 3)
 
     def shutdown(self) -> None:
         self.plugin.shutdown()

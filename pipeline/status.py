@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 from rq.queue import Queue
+from rq.worker import Worker
 
 from pipeline import control, dlq, streams
 from pipeline.keys import Keys
@@ -33,6 +34,7 @@ def collect(client: redis.Redis, keys: Keys) -> dict[str, Any]:
                         "lag": g.lag,
                         "lag_capped": g.lag_capped,
                         "oldest_pending_s": round(g.oldest_pending_s, 1),
+                        "consumer_details": consumer_details(client, stream, g.group),
                     }
                     for g in groups
                 ],
@@ -56,8 +58,26 @@ def collect(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     }
 
 
+def consumer_details(client: redis.Redis, stream: str, group: str) -> list[dict[str, Any]]:
+    """Each consumer of a group: its pending entries and how long since it last read (a worker
+    idle far past ``stages.block_ms`` is stuck or gone)."""
+    try:
+        consumers = client.xinfo_consumers(stream, group)
+    except redis.ResponseError:  # the group went away since XINFO GROUPS
+        return []
+    return [
+        {
+            "name": streams.text(one["name"]),
+            "pending": int(one["pending"]),
+            "idle_s": round(int(one["idle"]) / 1000, 1),
+        }
+        for one in consumers
+    ]
+
+
 def rq_queue(client: redis.Redis, keys: Keys) -> dict[str, Any]:
-    """The ai jobs: waiting, running, scheduled for a retry, failed (kept with tracebacks)."""
+    """The ai jobs: waiting, running, scheduled for a retry, failed (kept with tracebacks), and
+    the RQ workers serving the queue."""
     queue = Queue(keys.ai_queue, connection=client)
     return {
         "queue": queue.name,
@@ -65,22 +85,37 @@ def rq_queue(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         "started": queue.started_job_registry.count,
         "scheduled": queue.scheduled_job_registry.count,
         "failed": queue.failed_job_registry.count,
+        "workers": Worker.count(connection=client, queue=queue),
     }
 
 
 def plugin_health(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """Each plugin summed over the live workers that run it (from their reports)."""
+    """Each plugin summed over the live workers that run it (from their reports); latency is
+    the worst worker's p50 and p99 over its last calls, the last error the newest reported."""
     totals: dict[str, dict[str, Any]] = {}
     for report in control.worker_reports(client, keys):
         for one in report["plugins"]:
             total = totals.setdefault(
                 one["name"],
-                {"plugin": one["name"], "runtime": one["runtime"], "workers": 0, "states": []},
+                {
+                    "plugin": one["name"],
+                    "type": one.get("type"),
+                    "runtime": one["runtime"],
+                    "workers": 0,
+                    "states": [],
+                    "p50_ms": None,
+                    "p99_ms": None,
+                    "last_error": "",
+                },
             )
             total["workers"] += 1
             total["states"].append(one["state"])
             for counter in ("calls", "entries", "failures", "restarts"):
                 total[counter] = total.get(counter, 0) + one[counter]
+            for quantile in ("p50_ms", "p99_ms"):
+                if one.get(quantile) is not None:
+                    total[quantile] = max(total[quantile] or 0.0, one[quantile])
+            total["last_error"] = one.get("last_error") or total["last_error"]
     return sorted(totals.values(), key=lambda total: str(total["plugin"]))
 
 
