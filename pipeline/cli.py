@@ -74,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--metrics-host", help="address /metrics binds to (default: metrics.host)")
 
+    exporter = commands.add_parser(
+        "metrics",
+        help="serve the queue figures read from Redis (and the sum of the workers sharing "
+        "$PROMETHEUS_MULTIPROC_DIR) on /metrics; one per deployment",
+    )
+    exporter.add_argument("--port", type=int, help="port (default: metrics.port)")
+    exporter.add_argument("--host", help="address to bind (default: metrics.host)")
+
     commands.add_parser("validate", help="check the config and load every enabled plugin")
 
     dashboard = commands.add_parser("dashboard", help="serve the live web dashboard")
@@ -193,17 +201,23 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from workers.supervisor import up
 
         return up(config, demo=args.demo)
-    if args.command == "worker" and args.stage == "ai":
-        from workers.ai_worker import run_ai_worker
-
-        return run_ai_worker(config)
     if args.command == "worker":
-        from workers.stage_worker import run_worker
-
         port = None if args.metrics_port < 0 else args.metrics_port
         if args.metrics_host:
             config.metrics.host = args.metrics_host
+        if args.stage == "ai":
+            from workers.ai_worker import run_ai_worker
+
+            return run_ai_worker(config, port)
+        from workers.stage_worker import run_worker
+
         return run_worker(config, args.stage, port, args.sink)
+    if args.command == "metrics":
+        from workers.exporter import run_exporter
+
+        config.metrics.host = args.host or config.metrics.host
+        config.metrics.port = config.metrics.port if args.port is None else args.port
+        return run_exporter(config)
     if args.command == "dashboard":
         from pipeline.dashboard.server import serve
 

@@ -27,7 +27,7 @@ from pipeline import outputs
 from pipeline.config import PluginSettings
 from pipeline.entry import Entry
 from pipeline.errors import PluginLoadError
-from pipeline.metrics import CIRCUIT_OPEN, PLUGIN_CALL_SECONDS
+from pipeline.metrics import CIRCUIT_OPEN, CIRCUIT_STATE, PLUGIN_CALL_SECONDS, CircuitState
 from pipeline.plugin import Failure, Plugin, PluginInfo
 
 log = logging.getLogger("logloom.plugins")
@@ -79,6 +79,8 @@ class GuardedPlugin:
         self._pending_reload: Callable[[], Plugin | None] | None = None
         self._reload_lock = threading.Lock()
         self.reloads = 0
+        self._circuit_gauge = CIRCUIT_STATE.labels(self.name)
+        self._circuit_gauge.set(CircuitState.CLOSED)
 
     @property
     def info(self) -> PluginInfo:
@@ -143,6 +145,7 @@ class GuardedPlugin:
             return
         old, self.plugin = self.plugin, fresh
         self.open_until, self.failed_calls_in_a_row, self.reloads = None, 0, self.reloads + 1
+        self._circuit_gauge.set(CircuitState.CLOSED)
         if not same_copy:
             self._shutdown_quietly(old)
         log.info("Plugin '%s' reloaded (version %s)", self.name, fresh.info.version)
@@ -158,9 +161,11 @@ class GuardedPlugin:
         not count for the breaker, so one entry a sink cannot take does not open it."""
         if self._pending_reload is not None:
             self.apply_pending()
-        if self.open_until is not None and time.monotonic() < self.open_until:
-            refused = [Failure(CIRCUIT_OPEN_ERROR)] * len(entries)
-            return self._settle(refused, refused, called=False)
+        if self.open_until is not None:
+            if time.monotonic() < self.open_until:
+                refused = [Failure(CIRCUIT_OPEN_ERROR)] * len(entries)
+                return self._settle(refused, refused, called=False)
+            self._circuit_gauge.set(CircuitState.HALF_OPEN)  # this call is the probe
         started = time.perf_counter()
         results = self.plugin.call_batch(entries)
         elapsed = time.perf_counter() - started
@@ -199,6 +204,7 @@ class GuardedPlugin:
                 log.info("Plugin '%s': circuit closed, the plugin answers again", self.name)
             self.failed_calls_in_a_row = 0
             self.open_until = None
+            self._circuit_gauge.set(CircuitState.CLOSED)
             return
         if not failed:
             return
@@ -209,6 +215,7 @@ class GuardedPlugin:
             cooldown = self.settings.circuit.cooldown_s
             self.open_until = time.monotonic() + cooldown
             CIRCUIT_OPEN.labels(self.name).inc()
+            self._circuit_gauge.set(CircuitState.OPEN)
             log.warning(
                 "Plugin '%s': circuit open after %d failed calls in a row (last: %s); "
                 "its entries %s for %.0f s",

@@ -23,7 +23,7 @@ from rq.queue import Queue
 from rq.scheduler import RQScheduler
 from rq.worker import SimpleWorker
 
-from pipeline import ai
+from pipeline import ai, metrics
 from pipeline.config import Config
 from pipeline.discovery import load_plugins
 from pipeline.embedded import resolve_url
@@ -45,12 +45,15 @@ def ai_plugin_names(config: Config) -> list[str]:
     return names
 
 
-def run_ai_worker(config: Config) -> int:
+def run_ai_worker(config: Config, metrics_port: int | None = None) -> int:
+    """Run the ai stage and its RQ worker until signalled; ``metrics_port`` as for a stage
+    worker (the jobs' plugin figures are counted in this process)."""
     url = resolve_url(config)
     names = ai_plugin_names(config)
     if not names:
         log.error("AI worker: no ai plugin loaded; nothing to do (see plugins.enabled)")
         return 1
+    metrics.serve_worker(metrics_port, config.metrics.host)
     stop = threading.Event()
     stage = AiStage(config, redis.Redis.from_url(url), names)
     loop = StageLoop(connect(url), stage, config.stages, config.stages.batch_size)

@@ -47,19 +47,6 @@ def _stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _serve_metrics(config: Config, port: int | None) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return  # under `logloom up`, which serves the sum of all its workers
-    if port is None:
-        return
-    try:
-        bound = metrics.serve(port, config.metrics.host)
-    except OSError as exc:
-        log.warning("Worker %d: metrics not served: port %d: %s", os.getpid(), port, exc.strerror)
-        return
-    log.info("Worker %d: metrics on http://%s:%d/metrics", os.getpid(), config.metrics.host, bound)
-
-
 def _reloader(config: Config, stage: str) -> Callable[[str], Plugin | None]:
     """Loads one plugin again, from the config file as it is now (plugin settings may have
     changed too)."""
@@ -86,7 +73,7 @@ def run_worker(
     plugins = load_plugins(config, types=[stage])
     if only:
         plugins = [plugin for plugin in plugins if plugin.name in only]
-    _serve_metrics(config, metrics_port)
+    metrics.serve_worker(metrics_port, config.metrics.host)
     control = PluginControl(
         client,
         config.keys,
