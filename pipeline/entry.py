@@ -54,8 +54,9 @@ class Entry(dict[str, Any]):
     never reaches the next stage.
     """
 
-    __slots__ = ("_json",)
+    __slots__ = ("_id", "_json")
     _json: bytes
+    _id: str
     __setitem__ = __delitem__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
     __ior__ = _read_only
@@ -69,6 +70,15 @@ class Entry(dict[str, Any]):
             self._json = orjson.dumps(self)
             return self._json
 
+    @property
+    def id(self) -> str | None:
+        """The ID of the stream entry a sink stage read this from (``1732950000000-0``), the
+        key a sink deduplicates redeliveries by; None where it did not come from a stream."""
+        try:
+            return self._id
+        except AttributeError:
+            return None
+
     def __reduce__(self) -> tuple[type[Entry], tuple[dict[str, Any]]]:
         return Entry, (dict(self),)
 
@@ -77,6 +87,12 @@ def with_json(obj: dict[str, Any], raw: bytes) -> Entry:
     """An Entry of ``obj`` that remembers ``raw``, the JSON it is the decoding of."""
     entry = Entry(obj)
     entry._json = raw
+    return entry
+
+
+def with_stream_id(entry: Entry, stream_id: bytes | str) -> Entry:
+    """``entry``, knowing the stream entry it was read from (see :attr:`Entry.id`)."""
+    entry._id = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
     return entry
 
 

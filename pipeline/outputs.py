@@ -150,9 +150,9 @@ def screen(results: list[Any], plugin_type: str) -> tuple[list[Any], list[Failur
         if isinstance(result, Failure):
             error = result.error
             if type(error) is not str:  # a runtime's bug, but never a crash here
-                result = Failure(clean_error(str(error)))
+                result = Failure(clean_error(str(error)), result.unavailable)
             elif len(error) > ERROR_MAX_CHARS or not error.isprintable():
-                result = Failure(clean_error(error))
+                result = Failure(clean_error(error), result.unavailable)
             failures.append(result)
         else:
             problem = checker(result)

@@ -38,9 +38,18 @@ PROCESS_HOOKS = {
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """One entry's failed plugin call; ``error`` is the one-line cause that goes to the DLQ."""
+    """One entry's failed plugin call; ``error`` is the one-line cause that goes to the DLQ.
+
+    ``unavailable``: not the entry's fault but the far side's — a sink whose destination is
+    down (a Python sink raised ``ConnectionError`` or ``TimeoutError``). The sink stage holds
+    such entries and retries them until the destination is back, instead of dead-lettering."""
 
     error: str
+    unavailable: bool = False
+
+
+UNAVAILABLE_ERRORS = (ConnectionError, TimeoutError)
+"""What a Python sink raises to say its destination is down rather than the batch is bad."""
 
 
 @dataclass(frozen=True)

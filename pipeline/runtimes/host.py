@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, TextIO
 import orjson
 
 from pipeline import sandbox
-from pipeline.entry import Entry
+from pipeline.entry import Entry, with_stream_id
 from pipeline.errors import PluginLoadError
 from pipeline.plugin import Failure, Plugin, describe_exception
 from pipeline.runtimes import OpenedPlugin, open_plugin_file
@@ -154,7 +154,10 @@ class Host:
             entries = request["batch"]
             if not isinstance(entries, list):
                 return error_line("'batch' must be a list of entries"), False
-            return self.batch(entries), False
+            ids = request.get("ids")
+            if not (isinstance(ids, list) and len(ids) == len(entries)):
+                ids = None
+            return self.batch(entries, ids), False
         if "entry" in request:
             return self.single(request["entry"]), False
         op = request.get("op")
@@ -203,21 +206,29 @@ class Host:
             return error_line(describe_exception(exc))
         return ok_line({"result": None})
 
-    def batch(self, raw: Sequence[object]) -> bytes:
+    def batch(self, raw: Sequence[object], ids: Sequence[object] | None = None) -> bytes:
         plugin = self.start(None)
         entries = [Entry(one) if isinstance(one, dict) else None for one in raw]
+        for entry, stream_id in zip(entries, ids or (), strict=False):
+            if entry is not None and isinstance(stream_id, str):
+                with_stream_id(entry, stream_id)
         good = [entry for entry in entries if entry is not None]
         answers = iter(plugin.call_batch(good))
         results: list[Any] = []
         errors: dict[str, str] = {}
+        unavailable_flags: list[bool] = []
         for index, entry in enumerate(entries):
             result = next(answers) if entry is not None else Failure("entry is not an object")
+            unavailable_flags.append(isinstance(result, Failure) and result.unavailable)
             if isinstance(result, Failure):
                 errors[str(index)] = result.error
                 self.out_of_memory |= result.error.startswith("MemoryError")
                 result = None
             results.append(result)
         line = {"status": 0, "results": results, "errors": errors}
+        unavailable = [i for i, one in enumerate(unavailable_flags) if one]
+        if unavailable:  # the far side is down, not these entries bad (a sink's ConnectionError)
+            line["unavailable"] = unavailable
         if self.out_of_memory:
             line["exiting"] = EXITING_OUT_OF_MEMORY
         return orjson.dumps(line, default=str, option=orjson.OPT_APPEND_NEWLINE)

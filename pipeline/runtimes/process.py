@@ -31,6 +31,7 @@ from pipeline.runtimes.remote import (
     RemotePlugin,
     batch_results,
     entries_json,
+    ids_json,
     read_line,
     write_all,
 )
@@ -126,7 +127,7 @@ class ChildLink:
         return answer
 
     def call(self, entries: Sequence[Entry], deadline: float) -> list[Any]:
-        line = b'{"batch":[' + entries_json(entries) + b"]}\n"
+        line = b'{"batch":[' + entries_json(entries) + b"]" + ids_json(entries) + b"}\n"
         answer = self._exchange(line, deadline)
         if isinstance(answer, dict) and isinstance(answer.get("exiting"), str):
             self.exiting = answer["exiting"]

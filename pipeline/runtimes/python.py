@@ -17,7 +17,14 @@ from typing import Any
 
 from pipeline.entry import Entry
 from pipeline.errors import PluginLoadError
-from pipeline.plugin import PROCESS_HOOKS, Failure, PluginInfo, describe_exception, validate_info
+from pipeline.plugin import (
+    PROCESS_HOOKS,
+    UNAVAILABLE_ERRORS,
+    Failure,
+    PluginInfo,
+    describe_exception,
+    validate_info,
+)
 
 
 def import_plugin_module(path: Path) -> ModuleType:
@@ -125,7 +132,8 @@ class PythonPlugin:
         try:
             answer = self._batch_hook(list(entries))
         except (Exception, SystemExit) as exc:
-            return [Failure(describe_exception(exc))] * len(entries)
+            unavailable = isinstance(exc, UNAVAILABLE_ERRORS)
+            return [Failure(describe_exception(exc), unavailable)] * len(entries)
         if isinstance(answer, int) and not isinstance(answer, bool):
             return [answer] * len(entries)
         if isinstance(answer, (list, tuple)) and len(answer) == len(entries):

@@ -127,6 +127,14 @@ def entries_json(entries: Sequence[Entry]) -> bytes:
     return body
 
 
+def ids_json(entries: Sequence[Entry]) -> bytes:
+    """``,"ids":[...]``: the stream IDs of entries a sink stage read (:attr:`Entry.id`), for
+    sinks that deduplicate by them; empty where the entries have none."""
+    if not entries or entries[0].id is None:
+        return b""
+    return b',"ids":' + orjson.dumps([entry.id for entry in entries])
+
+
 def batch_results(answer: Any, count: int) -> list[Any]:
     """Results from a §5 batch answer ``{"status", "results", "errors"}``; LinkError if garbage."""
     if not isinstance(answer, dict) or "status" not in answer:
@@ -140,13 +148,15 @@ def batch_results(answer: Any, count: int) -> list[Any]:
     errors = answer.get("errors") or {}
     if not isinstance(errors, dict):
         raise LinkError("answered 'errors' that is not an object")
+    unavailable = answer.get("unavailable")
+    down = {i for i in unavailable if type(i) is int} if isinstance(unavailable, list) else set()
     for index, error in errors.items():
         # An index past the batch is ignored, also one too long for int() to read (4300 digits).
         digits = str(index)
         if digits.isdecimal() and digits.isascii():
             position = int(digits.lstrip("0")[:20] or "0")
             if position < count:
-                results[position] = Failure(str(error))
+                results[position] = Failure(str(error), position in down)
     return results
 
 

@@ -4,9 +4,11 @@ Every sink reads through its own group (``sink:<name>``) in its own thread, so a
 sink never holds back another. Entries are flushed when ``sink.batch_size`` are buffered or the
 oldest has waited ``sink.flush_interval_ms``. The stage, not the plugin, owns retries: a failed
 flush is retried with exponential backoff for the entries that failed, and after
-``sink.retry.max_attempts`` they go to the sink DLQ. While the plugin's circuit breaker is open
-(its destination is down), the stage waits instead of spending attempts. An entry is
-acknowledged only once the sink has it or the DLQ does.
+``sink.retry.max_attempts`` they go to the sink DLQ. A sink that says its destination is down
+(a Python sink raising ``ConnectionError``/``TimeoutError``; see :class:`~pipeline.plugin.Failure`)
+spends no attempts: its entries wait, pending in order, and are retried with backoff until it is
+back; so does a sink whose circuit breaker is open. An entry is acknowledged only once the sink
+has it or the DLQ does.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from pipeline import dlq, outputs
 from pipeline.config import Config
-from pipeline.entry import Entry, decode_forwarded, original_json
+from pipeline.entry import Entry, decode_forwarded, original_json, with_stream_id
 from pipeline.errors import MalformedEntry
 from pipeline.health import GuardedPlugin
 from pipeline.metrics import (
@@ -68,6 +70,7 @@ class SinkStage:
         self.buffer: list[Buffered] = []
         self.outbox: list[Command] = []
         self.deadline: float | None = None
+        self.outage_since: float | None = None  # the destination said it is down, since when
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Buffer; flush when a batch is full."""
@@ -78,6 +81,10 @@ class SinkStage:
             except MalformedEntry as exc:
                 bad.append(((message_id, fields), f"undecodable entry on {stream}: {exc}"))
                 continue
+            # The key sinks deduplicate by: unique among the streams this sink reads.
+            with_stream_id(
+                entry, message_id if stream == self.streams[0] else f"replay/{message_id.decode()}"
+            )
             self.buffer.append(Buffered(stream, message_id, entry, payload))
         ENTRIES_IN.labels(self.name).inc(len(messages))
         for message, error in bad:
@@ -129,18 +136,24 @@ class SinkStage:
             results = self.plugin.call_batch([one.entry for one in batch], retry=attempt > 1)
             failed = []
             delivered = []
+            outage = True  # every failure says the destination is down, none blames an entry
             for one, result in zip(batch, results, strict=True):
                 error = delivery_error(result)
                 if error is None:
                     delivered.append(one)
                 else:
                     failed.append((one, error))
+                    outage = outage and isinstance(result, Failure) and result.unavailable
             self._acknowledge(delivered)
             if not failed:
+                self._outage_over()
                 return
             PLUGIN_ERRORS.labels(self.plugin.name, self.plugin.info.type).inc(len(failed))
             cause = failed[0][1]
-            if self.plugin.state == "open":
+            if outage:
+                attempt -= 1  # the entries wait for the destination, in order, and no DLQ
+                self._outage(cause, len(failed))
+            elif self.plugin.state == "open":
                 attempt -= 1  # the breaker holds the batch: no attempt spent while it is open
             elif attempt == self.retry.max_attempts:
                 self._dead_letter(failed, attempt)
@@ -164,6 +177,27 @@ class SinkStage:
             SINK_RETRIES.labels(self.plugin.name).inc()
             delay_s = min(delay_s * 2, self.retry.backoff_max_ms / 1000)
             batch = [one for one, _ in failed]
+
+    def _outage(self, cause: str, held: int) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.monotonic()
+            log.warning(
+                "Sink '%s': destination unavailable: %s; holding %d entries (pending in group "
+                "%s) and retrying until it is back",
+                self.plugin.name,
+                cause,
+                held,
+                self.group,
+            )
+
+    def _outage_over(self) -> None:
+        if self.outage_since is not None:
+            log.info(
+                "Sink '%s': destination back after %.1f s",
+                self.plugin.name,
+                time.monotonic() - self.outage_since,
+            )
+            self.outage_since = None
 
     def _wait_out_open_circuit(self) -> bool:
         """While the plugin's circuit is open, wait instead of spending attempts: a sink that is
