@@ -19,7 +19,8 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.keys import Keys
-from pipeline.log import add_secret, join_url, redact_url
+from pipeline.langpacks import is_locale
+from pipeline.log import add_secret, add_secret_text, join_url, redact_url
 
 DEFAULT_CONFIG_PATH = Path("config/logloom.yaml")
 
@@ -169,6 +170,17 @@ class DemoConfig:
 
 
 @dataclass
+class LangConfig:
+    """How ``lang_key`` is resolved (:mod:`pipeline.lang`) and where language packs live."""
+
+    locales: list[str] = field(default_factory=lambda: ["en"])
+    default: str = "en"
+    fallback: dict[str, list[str]] = field(default_factory=dict)
+    packs_dir: str = "config/lang"
+    edit_token: str | None = None
+
+
+@dataclass
 class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -180,6 +192,7 @@ class Config:
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    lang: LangConfig = field(default_factory=LangConfig)
     source: str = "<defaults>"
 
     @property
@@ -298,6 +311,31 @@ def _check_values(config: Config) -> None:
     if not config.redis.prefix or ":" in config.redis.prefix:
         raise ConfigError(f"{config.source}: redis.prefix: must be non-empty without ':'")
     _check_tls(config)
+    _check_lang(config)
+
+
+def _check_lang(config: Config) -> None:
+    lang = config.lang
+    named = [
+        ("lang.default", lang.default),
+        *((f"lang.locales[{index}]", locale) for index, locale in enumerate(lang.locales)),
+        *((f"lang.fallback.{locale}", locale) for locale in lang.fallback),
+        *(
+            (f"lang.fallback.{locale}[{index}]", step)
+            for locale, steps in lang.fallback.items()
+            for index, step in enumerate(steps)
+        ),
+    ]
+    for where, locale in named:
+        if not is_locale(locale):
+            raise ConfigError(
+                f"{config.source}: {where}: {locale!r} is not a locale (a BCP 47 tag such as "
+                "en or zh-TW)"
+            )
+    if lang.edit_token is not None:
+        if len(lang.edit_token) < 16:
+            raise ConfigError(f"{config.source}: lang.edit_token: use at least 16 characters")
+        add_secret_text(lang.edit_token)
 
 
 # redis-py's names for the TLS files, as ``rediss://`` URL query arguments.

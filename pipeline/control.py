@@ -23,6 +23,7 @@ import redis
 
 from pipeline.health import GuardedPlugin
 from pipeline.keys import Keys
+from pipeline.langpacks import locale_of
 from pipeline.plugin import Plugin
 
 log = logging.getLogger("logloom.control")
@@ -70,6 +71,7 @@ class PluginControl:
         reload: Callable[[str], Plugin | None],
         worker: str,
         stage: str,
+        lang_packs_dir: str | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -77,6 +79,7 @@ class PluginControl:
         self.reload = reload
         self.worker = worker
         self.stage = stage
+        self.lang_packs_dir = Path(lang_packs_dir).resolve() if lang_packs_dir else None
         self.threads: list[threading.Thread] = []
 
     def start(self, stop: threading.Event) -> None:
@@ -152,7 +155,8 @@ class PluginControl:
         self.client.delete(self.keys.worker_report(self.worker))
 
     def _watch_files(self, stop: threading.Event) -> None:
-        """Reload a Python plugin when its file (or its YAML) changes on disk."""
+        """Reload a Python plugin when its file (or its YAML) changes on disk, and the lang
+        plugins that do not watch ``lang.packs_dir`` themselves when a pack there changes."""
         from watchfiles import watch
 
         watched = {
@@ -160,14 +164,32 @@ class PluginControl:
             for name, plugin in self.plugins.items()
             if plugin.runtime.startswith("python") and Path(plugin.origin).exists()
         }
-        if not watched:
-            return
         by_stem = {(path.parent, path.stem): name for path, name in watched.items()}
         directories = {path.parent for path in watched}
+        packs = self.lang_packs_dir
+        if packs is not None and packs.is_dir() and self._pack_readers():
+            directories.add(packs)
+        if not directories:
+            return
         for changes in watch(*directories, stop_event=stop, debounce=200, raise_interrupt=False):
+            reloads: dict[str, str] = {}
             for _, changed in changes:
                 path = Path(changed)
                 name = by_stem.get((path.parent, path.stem))
                 if name is not None and path.suffix in PYTHON_SUFFIXES:
-                    log.info("Plugin '%s': %s changed; reloading", name, path.name)
-                    self._request_reload(name)
+                    reloads[name] = path.name
+                if path.parent == packs and locale_of(path) is not None:
+                    reloads.update(dict.fromkeys(self._pack_readers(), path.name))
+            for name, file in reloads.items():
+                log.info("Plugin '%s': %s changed; reloading", name, file)
+                self._request_reload(name)
+
+    def _pack_readers(self) -> list[str]:
+        """The lang plugins that cannot say their texts changed (``plugin_generation``): those
+        in another process, C ones, simple Python ones. A reload makes them read packs anew
+        (and keeps the running one if the new one fails to load)."""
+        return [
+            name
+            for name, plugin in self.plugins.items()
+            if plugin.info.type == "lang" and getattr(plugin.plugin, "generation", None) is None
+        ]

@@ -24,6 +24,7 @@ from pipeline import signing
 from pipeline.config import Config, PluginSettings
 from pipeline.errors import PluginLoadError
 from pipeline.health import GuardedPlugin
+from pipeline.lang import plugin_defaults
 from pipeline.plugin import Plugin
 from pipeline.runtimes import c as c_runtime
 from pipeline.runtimes import is_plugin_file, open_plugin_file
@@ -170,6 +171,7 @@ def load_candidate(
     signing.verify(candidate.path, config.plugins)  # plugins.verify: before any of its code runs
     settings = config.plugins.settings.get(candidate.name, PluginSettings())
     plugin_settings = plugin_config(candidate, config)
+    lang_settings = {**plugin_defaults(config.lang), **plugin_settings}
     if run_mode(candidate, config, settings) == "isolated":
         runtime = "c-isolated" if c_runtime.is_c_plugin(candidate.path) else "python-subprocess"
         return load_in_child(
@@ -183,11 +185,12 @@ def load_candidate(
             plugin_settings,
             timeout_ms(config, settings),
             types,
+            lang_settings,
         )
     opened = open_plugin_file(candidate.path, plugin_settings)
     if types is not None and opened.info.type not in types:
         return None
-    return opened.start(plugin_settings)
+    return opened.start(lang_settings if opened.info.type == "lang" else plugin_settings)
 
 
 def load_one(
@@ -200,7 +203,10 @@ def load_one(
     None if not of ``types``. PluginLoadError's message starts with the file at fault."""
     if name in config.plugins.services:
         service = config.plugins.services[name]
-        return connect_service(name, service, config.plugins.config.get(name, {}), types)
+        settings = config.plugins.config.get(name, {})
+        if service.type == "lang":
+            settings = {**plugin_defaults(config.lang), **settings}
+        return connect_service(name, service, settings, types)
     candidate = (find_candidates(config) if candidates is None else candidates).get(name)
     if candidate is None:
         where = ", ".join(str(d) for d in plugin_dirs(config))

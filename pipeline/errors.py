@@ -23,6 +23,15 @@ class PluginCallError(LogloomError):
     """One call into a plugin failed for the entries it was given (raised, bad result, crash)."""
 
 
+class LangPackError(LogloomError):
+    """A language pack file is malformed; the message is ``<file>:<line>: <what is wrong>``."""
+
+
+class LangEditError(LogloomError):
+    """An edit of a language pack was refused (unknown locale, placeholders that do not match
+    the default locale's, ...); the message says why. The pack file is unchanged."""
+
+
 class BackpressureError(LogloomError):
     """The ingest stream stayed over its configured length for longer than producers wait."""
 

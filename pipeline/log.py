@@ -69,6 +69,12 @@ def add_secret(url: str | None) -> None:
         _secrets.update({password, unquote(password)} - {""})
 
 
+def add_secret_text(secret: str) -> None:
+    """Mask ``secret`` (a token from the config) in every log line."""
+    if secret:
+        _secrets.add(secret)
+
+
 def redact(text: str) -> str:
     """``text`` with every registered secret masked."""
     for secret in sorted(_secrets, key=len, reverse=True):

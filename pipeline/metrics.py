@@ -75,6 +75,11 @@ CIRCUIT_OPEN = Counter(
 RECLAIMED = Counter(
     "logloom_entries_reclaimed_total", "Entries taken over from a dead worker", ["stage"]
 )
+LANG_MISSING = Counter(
+    "logloom_lang_missing_total",
+    "Entries whose lang_key no lang plugin resolved for a locale, fallbacks included",
+    ["locale"],
+)
 
 
 class CircuitState(IntEnum):

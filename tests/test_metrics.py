@@ -309,3 +309,56 @@ def test_metrics_command_sums_the_workers_sharing_its_directory(
 
     exporter.send_signal(signal.SIGTERM)
     assert exporter.wait(timeout=10) == 0
+
+
+WORDS_PLUGIN = """
+PLUGIN_INFO = {"name": "ai_words", "version": "1.0.0", "type": "ai"}
+def plugin_init(): return 0
+def analyze(entry):
+    words = entry["message"].split()
+    for n in range(1, len(words) + 1):
+        yield {"summary": " ".join(words[:n])}
+def plugin_shutdown(): pass
+"""
+
+
+@pytest.mark.slow
+def test_a_standalone_ai_worker_serves_its_jobs_figures(
+    client: redis.Redis,
+    write_config: Callable[..., Path],
+    write_plugin: Callable[[str, str], Path],
+    processes: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """compose.yaml scrapes each ai replica: the RQ jobs run in that process, so their figures
+    (results streamed, job time, plugin errors) are on its own /metrics."""
+    write_plugin("ai_words", WORDS_PLUGIN)
+    config = write_config(
+        ai={"batch_size": 10, "flush_interval_ms": 100},
+        plugins={"enabled": ["ai_words"]},
+    )
+    port = free_port()
+    processes(config, "worker", "--stage", "ai", "--metrics-port", str(port), env=child_env())
+    keys = Keys()
+
+    def ai_group_ready() -> bool:
+        try:
+            return any(g["name"] == b"ai" for g in client.xinfo_groups(keys.filtered))
+        except redis.ResponseError:
+            return False
+
+    wait_for(ai_group_ready, 30, "the ai stage's group")
+    client.xadd(keys.filtered, {"entry": '{"level": "ERROR", "message": "three words here"}'})
+    results = {"plugin": "ai_words"}
+    samples = wait_for(
+        lambda: (
+            (s := scrape(port))
+            and value(s, "logloom_ai_results_total", **results, final="1") == 1
+            and s
+        ),
+        30,
+        "the job's results counted",
+    )
+    assert value(samples, "logloom_ai_results_total", **results, final="0") == 2
+    assert value(samples, "logloom_ai_job_seconds_count", **results) == 1
+    assert value(samples, "logloom_entries_in_total", stage="ai") == 1
+    assert len(client.xrange(keys.ai_results)) == 3

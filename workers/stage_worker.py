@@ -32,6 +32,8 @@ from pipeline.streams import connect
 log = logging.getLogger("logloom.worker")
 
 STAGES = ("filter", "sink")
+PLUGIN_TYPES = {"filter": ("filter", "lang"), "sink": ("sink",)}
+"""The plugin types each stage runs: a filter worker resolves lang_key too."""
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -56,7 +58,7 @@ def _reloader(config: Config, stage: str) -> Callable[[str], Plugin | None]:
             fresh = config if config.source == "<defaults>" else load_config(config.source)
         except ConfigError as exc:
             raise PluginLoadError(str(exc)) from None
-        return load_one(name, fresh, [stage])
+        return load_one(name, fresh, PLUGIN_TYPES[stage])
 
     return reload
 
@@ -70,7 +72,7 @@ def run_worker(
     url = resolve_url(config)
     client = connect(url)
     log.info("Worker %d: Redis %s", os.getpid(), redact_url(url))
-    plugins = load_plugins(config, types=[stage])
+    plugins = load_plugins(config, types=PLUGIN_TYPES[stage])
     if only:
         plugins = [plugin for plugin in plugins if plugin.name in only]
     metrics.serve_worker(metrics_port, config.metrics.host)
@@ -81,22 +83,28 @@ def run_worker(
         _reloader(config, stage),
         consumer_name(),
         stage,
+        lang_packs_dir=config.lang.packs_dir,
     )
     control.start(stop)
     try:
         if stage == "filter":
-            if not plugins:
+            filters = [plugin for plugin in plugins if plugin.info.type == "filter"]
+            langs = [plugin for plugin in plugins if plugin.info.type == "lang"]
+            if not filters:
                 log.warning("Filter worker: no filter plugin loaded; every entry passes")
             loop = StageLoop(
                 client,
-                FilterStage(config, plugins),
+                FilterStage(config, filters, langs),
                 config.stages,
                 config.stages.batch_size,
             )
             log.info(
-                "Filter worker %d: chain %s, reading %s",
+                "Filter worker %d: chain %s, %s, reading %s",
                 os.getpid(),
-                " → ".join(p.name for p in plugins) or "(empty)",
+                " → ".join(p.name for p in filters) or "(empty)",
+                f"lang {', '.join(p.name for p in langs)} into {', '.join(config.lang.locales)}"
+                if langs
+                else "no lang plugin",
                 config.keys.ingest,
             )
             loop.run(stop)

@@ -5,8 +5,8 @@
  *     cc $(logloom plugins cflags) -shared -fPIC -o filter_mine.so filter_mine.c
  *
  * A plugin is a shared library exporting plain C functions. Required: plugin_init,
- * plugin_process, plugin_shutdown. Optional: plugin_info, plugin_process_batch,
- * plugin_configure, plugin_resolve (lang plugins).
+ * plugin_process, plugin_shutdown; a lang plugin exports plugin_resolve, and then needs no
+ * plugin_process. Optional: plugin_info, plugin_process_batch, plugin_configure.
  *
  * Every string Logloom hands a plugin is UTF-8, NUL-terminated and read-only, and stays valid
  * only for the duration of the call: copy what you keep. Entries are never changed by plugins.
@@ -63,7 +63,10 @@ int plugin_process_batch(const log_entry_t *entries, size_t count, int *results)
 int plugin_configure(const char *config_json);
 
 /* lang plugins: the text for lang_key in locale (NULL = default locale), or NULL when unknown.
- * The string stays valid until the next call on the same thread. */
+ * The string stays valid until the next call on the same thread. Logloom always names the
+ * locale and walks the fallback chain itself (zh-TW, then zh, then the default): answer for
+ * exactly that locale. The text may hold {name} placeholders; Logloom fills them from the
+ * entry's params, and caches the text per key and locale until the plugin is reloaded. */
 const char *plugin_resolve(const char *lang_key, const char *locale);
 
 #ifdef __cplusplus

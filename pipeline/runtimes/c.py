@@ -144,9 +144,14 @@ class CPlugin:
         self.library = library
         self.info = info
         self.origin = origin
-        self._process = library.plugin_process
-        self._process.argtypes = [ctypes.c_void_p]
-        self._process.restype = ctypes.c_int
+        self._process = _symbol(library, "plugin_process")  # a lang plugin may have none
+        if self._process is not None:
+            self._process.argtypes = [ctypes.c_void_p]
+            self._process.restype = ctypes.c_int
+        self._resolve = _symbol(library, "plugin_resolve") if info.type == "lang" else None
+        if self._resolve is not None:
+            self._resolve.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+            self._resolve.restype = ctypes.c_void_p  # not c_char_p: NULL must stay None
         self._batch = _symbol(library, "plugin_process_batch")
         if self._batch is not None:
             self._batch.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
@@ -162,6 +167,8 @@ class CPlugin:
     def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
         if not entries:
             return []
+        if self._resolve is not None:
+            return [self._resolve_one(request) for request in entries]
         words, buffer = marshal(entries)
         base = words.buffer_info()[0]
         if self._batch is not None:
@@ -171,9 +178,28 @@ class CPlugin:
                 return [Failure(f"plugin_process_batch() returned {status}")] * len(entries)
         else:
             process = self._process
+            assert process is not None, "checked at load: only a lang plugin may lack it"
             codes = array("i", [process(base + ENTRY_SIZE * i) for i in range(len(entries))])
         del buffer  # alive until here: the library read from it
         return [self._result(code) for code in codes]
+
+    def _resolve_one(self, request: Entry) -> str | Failure | None:
+        """``plugin_resolve(lang_key, locale)`` for one lang request: the text (copied at once,
+        it is the plugin's only until its next call), None for NULL (an unknown key)."""
+        assert self._resolve is not None
+        key, locale = request.get("lang_key"), request.get("locale")
+        if not isinstance(key, str):
+            return Failure("a lang request without a lang_key")
+        encoded = key.encode("utf-8", "surrogatepass")
+        if b"\0" in encoded:
+            return None  # no C string can name it
+        address = self._resolve(encoded, locale.encode() if isinstance(locale, str) else None)
+        if not address:
+            return None
+        try:
+            return ctypes.string_at(address).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Failure(f"plugin_resolve() returned text that is not UTF-8 ({exc.reason})")
 
     def _result(self, code: int) -> bool | int | Failure:
         if code == NO_RESULT:
@@ -199,10 +225,17 @@ def open_c_plugin(path: Path, settings: Mapping[str, Any]) -> tuple[ctypes.CDLL,
         library = ctypes.CDLL(str(path.resolve()))
     except OSError as exc:
         raise PluginLoadError(f"dlopen failed: {exc}") from None
-    for required in ("plugin_process", "plugin_init", "plugin_shutdown"):
+    has_resolve = _symbol(library, "plugin_resolve") is not None
+    process = ("plugin_process",) if not has_resolve else ()
+    for required in (*process, "plugin_init", "plugin_shutdown"):
         if _symbol(library, required) is None:
             raise PluginLoadError(f"missing {required}()")
-    return library, read_info(library, path, settings)
+    info = read_info(library, path, settings)
+    if info.type == "lang" and not has_resolve:
+        raise PluginLoadError("missing plugin_resolve()")
+    if info.type != "lang" and _symbol(library, "plugin_process") is None:
+        raise PluginLoadError("missing plugin_process()")
+    return library, info
 
 
 def start_c_plugin(

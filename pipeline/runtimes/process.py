@@ -225,14 +225,18 @@ def load_in_child(
     config: dict[str, Any],
     timeout_ms: int,
     types: Collection[str] | None = None,
+    lang_config: dict[str, Any] | None = None,
 ) -> RemotePlugin | None:
-    """Start a plugin in a child process; PluginLoadError (naming the cause) if it cannot."""
+    """Start a plugin in a child process; PluginLoadError (naming the cause) if it cannot.
+    A lang plugin gets ``lang_config`` instead of ``config`` when given."""
     link = ChildLink(command, label)
     try:
         info = link.start()
         if types is not None and info.type not in types:
             link.close()
             return None
+        if info.type == "lang" and lang_config is not None:
+            config = lang_config
         answer = link.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
     except LinkError as exc:
         link.close()

@@ -90,6 +90,25 @@ def _initialise(module: ModuleType, config: Mapping[str, Any]) -> None:
         raise PluginLoadError(f"plugin_init() returned {status!r}, expected 0")
 
 
+def _positional_parameters(function: Callable[..., Any]) -> int:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return 2
+    return sum(1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def _resolve_hook(resolve: Callable[..., Any]) -> Callable[[Entry], Any]:
+    """A lang plugin's ``resolve(lang_key, locale=None)`` called with a lang request
+    (``{"lang_key", "locale"}``). A ``resolve(lang_key)`` without a locale (design §3.1) has one
+    text for every locale."""
+    if _positional_parameters(resolve) >= 2:
+        return lambda request: resolve(request.get("lang_key"), request.get("locale"))
+    return lambda request: resolve(request.get("lang_key"))
+
+
 class PythonPlugin:
     """A plugin module adapted onto the Plugin protocol."""
 
@@ -107,6 +126,10 @@ class PythonPlugin:
             if hook != "flush" and callable(getattr(module, hook, None))
         ]
         self.entry_hook: Callable[[Entry], Any] | None = entry_hooks[0] if entry_hooks else None
+        if info.type == "lang" and callable(getattr(module, "resolve", None)):
+            self.entry_hook = _resolve_hook(module.resolve)
+        generation = getattr(module, "plugin_generation", None)
+        self.generation: Callable[[], Any] | None = generation if callable(generation) else None
 
     @property
     def name(self) -> str:

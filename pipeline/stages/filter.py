@@ -1,4 +1,5 @@
-"""The filter stage: ingest stream → codec → ordered filter chain → filtered stream.
+"""The filter stage: ingest stream → codec → ordered filter chain → lang resolution → filtered
+stream.
 
 Per batch, one transaction carries the survivors' XADDs, the dead letters and the XACK of the
 whole batch, so a worker killed at any point leaves each entry either fully handled or still
@@ -20,6 +21,7 @@ from pipeline.entry import Entry, decode, original_json
 from pipeline.errors import MalformedEntry
 from pipeline.health import GuardedPlugin
 from pipeline.keys import FILTER_GROUP
+from pipeline.lang import LangResolver
 from pipeline.metrics import (
     BATCH_SIZE,
     DEAD_LETTERS,
@@ -39,10 +41,19 @@ class FilterStage:
     name = "filter"
     group = FILTER_GROUP
 
-    def __init__(self, config: Config, filters: Sequence[GuardedPlugin]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        filters: Sequence[GuardedPlugin],
+        langs: Sequence[GuardedPlugin] = (),
+    ) -> None:
         self.keys = config.keys
         self.streams: tuple[str, ...] = (self.keys.ingest,)
         self.filters = list(filters)
+        self.langs = list(langs)
+        # Resolution of lang_key (pipeline.lang) runs on the survivors, after the chain: filters
+        # judge the entry as its producer sent it, and dropped entries cost nothing.
+        self.resolver = LangResolver(config.lang, self.langs) if self.langs else None
         self.outbox: list[Command] = []
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self._warned: set[tuple[str, str]] = set()
@@ -73,6 +84,8 @@ class FilterStage:
             entries.append(entry)
             payloads.append(payload)
         keep = self._run_chain(stream, ids, entries, payloads, letters)
+        if self.resolver is not None:
+            self.resolver.resolve(entries, payloads, keep)
         forwarded = [payload for payload, kept in zip(payloads, keep, strict=True) if kept]
         self.outbox.append(
             forward_and_ack(
@@ -204,7 +217,7 @@ class FilterStage:
         return block_ms
 
     def tick(self) -> None:
-        for plugin in self.filters:
+        for plugin in (*self.filters, *self.langs):
             plugin.apply_pending()
 
     def paused(self) -> bool:
