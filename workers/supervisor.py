@@ -1,9 +1,9 @@
 """``logloom up``: the whole pipeline in one supervised run.
 
-Starts (or finds) Redis, then every stage worker as a child process, restarting any that dies
-with exponential backoff, and serves one ``/metrics`` for all of them. With no Redis configured,
-or the configured one unreachable and ``redis.embedded: auto``, it starts an embedded
-``redis-server`` (:mod:`pipeline.embedded`) and stops it on the way out.
+Starts (or finds) Redis, then every stage worker and the dashboard as child processes,
+restarting any that dies with exponential backoff, and serves one ``/metrics`` for all of them.
+With no Redis configured, or the configured one unreachable and ``redis.embedded: auto``, it
+starts an embedded ``redis-server`` (:mod:`pipeline.embedded`) and stops it on the way out.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from pipeline import metrics
 from pipeline.config import Config
+from pipeline.dashboard.server import available_port, page_url
 from pipeline.embedded import EmbeddedRedis, configured_url, die_with_parent, ping_error
 from pipeline.errors import LogloomError
 from pipeline.log import redact, redact_url
@@ -47,6 +48,7 @@ class Child:
     started_at: float = 0.0
     backoff_s: float = 1.0
     restart_at: float | None = field(default=0.0)
+    url: str | None = None  # where it serves people (the dashboard), for the banner
 
 
 def choose_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
@@ -87,6 +89,15 @@ def _children(config: Config, demo: bool) -> list[Child]:
         ]
     if demo:
         children.append(Child("demo", [*base, "demo", *config_args]))
+    host = config.dashboard.host
+    port = available_port(host, config.dashboard.port)
+    children.append(
+        Child(
+            "dashboard",
+            [*base, "dashboard", *config_args, "--port", str(port)],
+            url=page_url(host, port),
+        )
+    )
     return children
 
 
@@ -202,13 +213,19 @@ def _banner(
         if embedded
         else "configured"
     )
-    names = ", ".join(child.name for child in supervisor.children)
+    names = ", ".join(child.name for child in supervisor.children if child.url is None)
+    pages = "".join(
+        f"  {child.name.capitalize():<8} {child.url}\n"
+        for child in supervisor.children
+        if child.url
+    )
     print(
         "Logloom is up.\n"
         f"  Redis    {redact_url(url)} ({where})\n"
         f"  Workers  {names}\n"
         f"  Plugins  {', '.join(config.enabled_plugins())}\n"
         f"  Metrics  http://{config.metrics.host}:{port}/metrics\n"
+        f"{pages}"
         f"  Send     {redis_cli(url)} "
         f"XADD {config.keys.ingest} '*' level ERROR module AUTH message \"bad password\"\n"
         f"           or: logloom produce FILE\n"

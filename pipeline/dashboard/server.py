@@ -98,6 +98,19 @@ def listen(host: str, port: int) -> socket.socket:
         ) from None
 
 
+def available_port(host: str, port: int) -> int:
+    """``port`` if it can be listened on now, else a free one: ``logloom up`` passes it to its
+    dashboard, so a second ``up`` on one machine still gets a dashboard (with a warning)."""
+    try:
+        with listen(host, port) as probe:
+            return int(probe.getsockname()[1])
+    except LogloomError as exc:
+        with listen(host, 0) as probe:
+            chosen = int(probe.getsockname()[1])
+        log.warning("%s; the dashboard takes port %d instead", exc, chosen)
+        return chosen
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, telling the event streams to end when a stop signal comes."""
 
