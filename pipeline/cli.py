@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -158,6 +159,26 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", "-n", type=int, default=20, help="how many to show first")
     tail.add_argument("--json", action="store_true", help="one JSON object a line")
 
+    tap = commands.add_parser(
+        "tap", help="watch entries and each plugin's decision flow through a stage, live"
+    )
+    tap.add_argument("--stage", default="filter", help="filter (default), sink:NAME, or * for all")
+    tap.add_argument("--plugin", help="only entries this plugin decided on, and its decisions")
+    tap.add_argument(
+        "--from",
+        dest="start",
+        metavar="ID",
+        help="replay the recorded tap history from this record ID (0: all of it)",
+    )
+    tap.add_argument(
+        "--candidate",
+        metavar="PATH",
+        help="shadow test: run this plugin version "
+        "on the tapped entries and show where it decides otherwise than production",
+    )
+    tap.add_argument("--count", "-n", type=int, help="stop after this many entries")
+    tap.add_argument("--json", action="store_true", help="one JSON object a line")
+
     commands.add_parser("demo", help="produce demo logs until stopped (used by `up --demo`)")
     return parser
 
@@ -248,6 +269,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _plugins_order(args, config, client)
     if args.command == "ai":
         return _ai_tail(args, config, client)
+    if args.command == "tap":
+        return _tap(args, config, client)
     if args.command == "produce":
         return _produce(args, config, client)
     if args.command == "status":
@@ -277,6 +300,25 @@ def _validate(config: Config) -> int:
         return 2
     print(f"{config.source}: valid; {len(loaded)} plugin(s) loaded")
     return 0
+
+
+def _tap(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
+    from pipeline import tap
+    from pipeline.runtimes import load_plugin
+
+    candidate = None
+    if args.candidate:
+        try:
+            candidate = load_plugin(args.candidate)
+        except PluginLoadError as exc:
+            print(f"logloom: tap: candidate {args.candidate}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return tap.run(client, config.keys, args.stage, args.plugin, args.start, candidate,
+                       args.count, args.json, threading.Event())  # fmt: skip
+    finally:
+        if candidate is not None:
+            candidate.shutdown()
 
 
 def _ai_tail(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:

@@ -25,6 +25,7 @@ from pipeline.health import GuardedPlugin
 from pipeline.keys import Keys
 from pipeline.langpacks import locale_of
 from pipeline.plugin import Plugin
+from pipeline.tap import TapSwitch
 
 log = logging.getLogger("logloom.control")
 
@@ -72,6 +73,7 @@ class PluginControl:
         worker: str,
         stage: str,
         lang_packs_dir: str | None = None,
+        tap: TapSwitch | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -81,6 +83,7 @@ class PluginControl:
         self.stage = stage
         self.lang_packs_dir = Path(lang_packs_dir).resolve() if lang_packs_dir else None
         self.threads: list[threading.Thread] = []
+        self.tap = tap
 
     def start(self, stop: threading.Event) -> None:
         self.apply_disabled()
@@ -108,6 +111,11 @@ class PluginControl:
             order, action, name = None, None, None
         if not isinstance(action, str) or not isinstance(name, str):
             log.warning("Ignoring a malformed control message: %r", message[:200])
+            return
+        if action == "tap":  # a tap client asks for this stage's decisions (pipeline.tap)
+            stage = order.get("stage") if isinstance(order, dict) else None
+            if self.tap is not None and isinstance(stage, str):
+                self.tap.request(stage)
             return
         plugin = self.plugins.get(name)
         if plugin is None or action not in ACTIONS:

@@ -12,7 +12,8 @@ logloom:sink:<name>:replay     stream  dead letters of one sink replayed to that
 logloom:ai:results             stream  results of ai plugins, streamed as produced
 logloom:ai:replay              stream  replayed ai dead letters; read by the ai stage only
 rq:queue:logloom-ai            list    RQ's queue of ai jobs (RQ's own keys; name ``<prefix>-ai``)
-logloom:control                pubsub  plugin disable/enable/reload orders to workers
+logloom:control                pubsub  plugin disable/enable/reload orders, tap requests
+logloom:tap                    stream  tap records: entries and each plugin's decision (capped)
 logloom:plugins:disabled       set     plugins disabled at run time (workers started later too)
 logloom:worker:<consumer>      string  a live worker's plugin states and counters (JSON, TTL)
 =============================  ======  ==================================================
@@ -71,6 +72,10 @@ class Keys:
     @property
     def control(self) -> str:
         return f"{self.prefix}:control"
+
+    @property
+    def tap(self) -> str:
+        return f"{self.prefix}:tap"
 
     @property
     def disabled_plugins(self) -> str:

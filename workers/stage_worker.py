@@ -28,6 +28,7 @@ from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop, consumer_name
 from pipeline.stages.sink import SinkStage
 from pipeline.streams import connect
+from pipeline.tap import TapSwitch
 
 log = logging.getLogger("logloom.worker")
 
@@ -76,14 +77,17 @@ def run_worker(
     if only:
         plugins = [plugin for plugin in plugins if plugin.name in only]
     metrics.serve_worker(metrics_port, config.metrics.host)
+    worker = consumer_name()
+    tap = TapSwitch(worker)  # set when a `logloom tap` asks, read by the stages
     control = PluginControl(
         client,
         config.keys,
         plugins,
         _reloader(config, stage),
-        consumer_name(),
+        worker,
         stage,
         lang_packs_dir=config.lang.packs_dir,
+        tap=tap,
     )
     control.start(stop)
     try:
@@ -94,7 +98,7 @@ def run_worker(
                 log.warning("Filter worker: no filter plugin loaded; every entry passes")
             loop = StageLoop(
                 client,
-                FilterStage(config, filters, langs),
+                FilterStage(config, filters, langs, tap),
                 config.stages,
                 config.stages.batch_size,
             )
@@ -109,7 +113,7 @@ def run_worker(
             )
             loop.run(stop)
             return 0
-        return _run_sinks(config, client, plugins, stop)
+        return _run_sinks(config, client, plugins, stop, tap)
     finally:
         for plugin in plugins:
             try:
@@ -119,7 +123,11 @@ def run_worker(
 
 
 def _run_sinks(
-    config: Config, client: redis.Redis, sinks: Sequence[GuardedPlugin], stop: threading.Event
+    config: Config,
+    client: redis.Redis,
+    sinks: Sequence[GuardedPlugin],
+    stop: threading.Event,
+    tap: TapSwitch,
 ) -> int:
     """One thread per sink, each with its own group and buffer; exit 1 if one of them crashed."""
     if not sinks:
@@ -137,7 +145,7 @@ def _run_sinks(
 
     threads = []
     for sink in sinks:
-        stage = SinkStage(config, sink, stop)
+        stage = SinkStage(config, sink, stop, tap)
         loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
         threads.append(threading.Thread(target=run_one, args=(loop,), name=stage.name))
     log.info(

@@ -32,6 +32,7 @@ from pipeline.metrics import (
 )
 from pipeline.plugin import Failure, Plugin
 from pipeline.streams import Command, Message, forward_and_ack
+from pipeline.tap import BatchRecorder, TapSwitch, label
 
 log = logging.getLogger("logloom.filter")
 MALFORMED_LOG_INTERVAL_S = 10.0
@@ -46,6 +47,7 @@ class FilterStage:
         config: Config,
         filters: Sequence[GuardedPlugin],
         langs: Sequence[GuardedPlugin] = (),
+        tap: TapSwitch | None = None,
     ) -> None:
         self.keys = config.keys
         self.streams: tuple[str, ...] = (self.keys.ingest,)
@@ -55,6 +57,7 @@ class FilterStage:
         # judge the entry as its producer sent it, and dropped entries cost nothing.
         self.resolver = LangResolver(config.lang, self.langs) if self.langs else None
         self.outbox: list[Command] = []
+        self.tap = tap
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self._warned: set[tuple[str, str]] = set()
         self._last_malformed_log = -MALFORMED_LOG_INTERVAL_S
@@ -83,7 +86,8 @@ class FilterStage:
             ids.append(message_id)
             entries.append(entry)
             payloads.append(payload)
-        keep = self._run_chain(stream, ids, entries, payloads, letters)
+        recorder = self.tap.recorder(self.name, ids, entries) if self.tap is not None else None
+        keep = self._run_chain(stream, ids, entries, payloads, letters, recorder)
         if self.resolver is not None:
             self.resolver.resolve(entries, payloads, keep)
         forwarded = [payload for payload, kept in zip(payloads, keep, strict=True) if kept]
@@ -97,6 +101,8 @@ class FilterStage:
                 letters,
             )
         )
+        if recorder is not None:
+            self.outbox.append(recorder.command(self.keys))
         ENTRIES_IN.labels(self.name).inc(len(messages))
         ENTRIES_OUT.labels(self.name).inc(len(forwarded))
         BATCH_SIZE.labels(self.name).observe(len(messages))
@@ -122,6 +128,7 @@ class FilterStage:
         entries: list[Entry],
         payloads: list[bytes],
         letters: list[tuple[str, dict[FieldT, EncodableT]]],
+        recorder: BatchRecorder | None = None,
     ) -> list[bool]:
         """Which entries every filter keeps; a failed call dead-letters that entry alone."""
         keep = [True] * len(entries)
@@ -131,7 +138,11 @@ class FilterStage:
                 break
             if not plugin.enabled:  # disabled at run time: as if not in the chain
                 continue
+            started = time.perf_counter()
             results = plugin.call_batch([entries[i] for i in alive])
+            if recorder is not None:
+                labels = [label(result) for result in results]
+                recorder.plugin_call(plugin.name, alive, labels, time.perf_counter() - started)
             survivors = []
             dropped = 0
             failures: Counter[str] = Counter()

@@ -33,6 +33,7 @@ from pipeline.metrics import (
 )
 from pipeline.plugin import Failure
 from pipeline.streams import Command, Message, forward_and_ack
+from pipeline.tap import TapSwitch
 
 log = logging.getLogger("logloom.sink")
 
@@ -55,7 +56,13 @@ def delivery_error(result: object) -> str | None:
 
 
 class SinkStage:
-    def __init__(self, config: Config, plugin: GuardedPlugin, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        config: Config,
+        plugin: GuardedPlugin,
+        stop: threading.Event,
+        tap: TapSwitch | None = None,
+    ) -> None:
         keys = config.keys
         self.plugin = plugin
         self.stop = stop
@@ -71,6 +78,7 @@ class SinkStage:
         self.outbox: list[Command] = []
         self.deadline: float | None = None
         self.outage_since: float | None = None  # the destination said it is down, since when
+        self.tap = tap
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Buffer; flush when a batch is full."""
@@ -133,7 +141,9 @@ class SinkStage:
             if self._wait_out_open_circuit():
                 return
             attempt += 1
+            started = time.perf_counter()
             results = self.plugin.call_batch([one.entry for one in batch], retry=attempt > 1)
+            self._record(batch, results, time.perf_counter() - started)
             failed = []
             delivered = []
             outage = True  # every failure says the destination is down, none blames an entry
@@ -177,6 +187,21 @@ class SinkStage:
             SINK_RETRIES.labels(self.plugin.name).inc()
             delay_s = min(delay_s * 2, self.retry.backoff_max_ms / 1000)
             batch = [one for one, _ in failed]
+
+    def _record(self, batch: list[Buffered], results: list[object], seconds: float) -> None:
+        """A tap record of this flush attempt, if a tap asks for this sink (pipeline.tap)."""
+        if self.tap is None or not self.tap.on(self.name):
+            return
+        recorder = self.tap.recorder(
+            self.name, [one.id for one in batch], [one.entry for one in batch]
+        )
+        if recorder is not None:
+            labels = [
+                "delivered" if (error := delivery_error(r)) is None else f"error: {error}"
+                for r in results
+            ]
+            recorder.plugin_call(self.plugin.name, range(len(batch)), labels, seconds)
+            self.outbox.append(recorder.command(self.keys))
 
     def _outage(self, cause: str, held: int) -> None:
         if self.outage_since is None:
