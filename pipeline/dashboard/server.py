@@ -28,11 +28,12 @@ from pipeline.config import Config
 from pipeline.dashboard import api
 from pipeline.dashboard.context import Dashboard
 from pipeline.errors import LogloomError
+from pipeline.lang_editor import routes as lang_routes
 
 log = logging.getLogger("logloom.dashboard")
 
 RouteProvider = Callable[[Dashboard], Sequence[BaseRoute]]
-ROUTE_PROVIDERS: list[RouteProvider] = [api.routes]
+ROUTE_PROVIDERS: list[RouteProvider] = [api.routes, lang_routes]
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 SHUTDOWN_GRACE_S = 3
 
