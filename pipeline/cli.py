@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -104,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="streams, groups, lag, pending and DLQ sizes")
     status.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    status.add_argument(
+        "--watch",
+        "-w",
+        action="store_true",
+        help="refresh the tables in place, with rates, until Ctrl-C",
+    )
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    status.add_argument("--count", type=int, help="with --watch: stop after this many")
 
     dead = commands.add_parser("dlq", help="inspect, replay and purge dead letters")
     dead_commands = dead.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
@@ -273,6 +282,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return _tap(args, config, client)
     if args.command == "produce":
         return _produce(args, config, client)
+    if args.command == "status" and args.watch:
+        return _status_watch(args, config, client, redact_url(url))
     if args.command == "status":
         data = {"redis": redact_url(url), **collect(client, config.keys)}
         print(
@@ -299,6 +310,34 @@ def _validate(config: Config) -> int:
         )
         return 2
     print(f"{config.source}: valid; {len(loaded)} plugin(s) loaded")
+    return 0
+
+
+def _status_watch(
+    args: argparse.Namespace, config: Config, client: redis.Redis, shown_url: str
+) -> int:
+    """``status --watch``: the tables again every ``--interval`` seconds, in place on a
+    terminal, with rates sampled the way the dashboard samples them."""
+    from pipeline.dashboard.sampler import Sampler
+
+    sampler = Sampler(client, config.keys, shown_url, args.interval, history_minutes=1)
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    frames = 0
+    try:
+        while args.count is None or frames < args.count:
+            snapshot, results = sampler.sample()
+            sampler.publish(snapshot, results)
+            stamp = time.strftime("%H:%M:%S")
+            frame = render(snapshot)
+            if args.json:
+                frame = orjson.dumps(snapshot).decode()
+            print(f"{clear}logloom status, {stamp}, every {args.interval:g} s\n{frame}\n",
+                  flush=True)  # fmt: skip
+            frames += 1
+            if args.count is None or frames < args.count:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -129,24 +129,39 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def render(data: dict[str, Any]) -> str:
+    """The tables of ``logloom status``; with rates (``status --watch`` samples them: entries
+    in per second per stream, out per second per group) when the data has them."""
+    rates = any("in_per_s" in stream for stream in data["streams"])
     stream_rows: list[list[object]] = []
     for stream in data["streams"]:
+        in_rate = [_rate(stream.get("in_per_s"))] if rates else []
         if not stream["groups"]:
-            stream_rows.append([stream["stream"], stream["length"], "-", "-", "-", "-", "-"])
+            stream_rows.append([stream["stream"], stream["length"], *in_rate, "-", "-", "-", "-",
+                                "-", *(["-"] if rates else [])])  # fmt: skip
         for g in stream["groups"]:
             lag = "?" if g["lag"] is None else f"{g['lag']}{'+' if g['lag_capped'] else ''}"
             stream_rows.append(
                 [
                     stream["stream"],
                     stream["length"],
+                    *in_rate,
                     g["group"],
                     g["consumers"],
                     g["pending"],
                     lag,
                     f"{g['oldest_pending_s']}s",
+                    *([_rate(g.get("out_per_s"))] if rates else []),
                 ]
             )
+    stream_headers = [
+        "STREAM", "LENGTH", *(["IN/S"] if rates else []), "GROUP", "CONSUMERS", "PENDING", "LAG",
+        "OLDEST PENDING", *(["OUT/S"] if rates else []),
+    ]  # fmt: skip
     dlq_rows = [
         [d["stream"], d["size"], d["plugin"] or "-", (d["newest_error"] or "-")[:80]]
         for d in data["dlq"]
@@ -155,10 +170,7 @@ def render(data: dict[str, Any]) -> str:
     heading = f"Redis: {data['redis']}\n\n" if data.get("redis") else ""
     return (
         heading
-        + table(
-            ["STREAM", "LENGTH", "GROUP", "CONSUMERS", "PENDING", "LAG", "OLDEST PENDING"],
-            stream_rows,
-        )
+        + table(stream_headers, stream_rows)
         + "\n\n"
         + table(["DLQ", "SIZE", "NEWEST PLUGIN", "NEWEST ERROR"], dlq_rows)
         + "\n\n"
