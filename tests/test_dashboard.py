@@ -24,6 +24,7 @@ import pytest
 import redis
 from conftest import ROOT, Workers
 from helpers import free_port, wait_for
+from rq import Queue, SimpleWorker
 
 from pipeline import dlq
 from pipeline.config import parse_config
@@ -332,6 +333,14 @@ def test_event_stream_and_ai_results(
     response.close()
     connection.close()
 
+    queue = Queue(KEYS.ai_queue, connection=client)
+    queue.enqueue("builtins.int", "not a number")
+    SimpleWorker([queue], connection=client).work(burst=True, logging_level="ERROR")
+    rq = wait_for(lambda: dashboard.status()["rq"]["failed"] and dashboard.status(), 10, "RQ")
+    (failed,) = rq["rq_failed_jobs"]
+    assert failed["error"].startswith("ValueError: invalid literal for int()")
+    assert (rq["rq"]["queued"], rq["rq"]["workers"]) == (0, 0)
+
     newer = get(dashboard.base, f"/api/ai/results?after={first}")["results"]
     assert [one["id"] for one in newer] == [second]
     assert get(dashboard.base, "/api/ai/results?plugin=other")["results"] == []
@@ -459,10 +468,12 @@ def test_up_starts_the_dashboard_and_prints_its_address(
 
         def filter_group_served() -> bool:
             try:
-                streams = get(base, "/api/status")["streams"]
+                data = get(base, "/api/status")
             except OSError:
                 return False
-            ingest = by_name(streams, "stream", KEYS.ingest)
+            if data["error"] is not None:  # not sampled yet
+                return False
+            ingest = by_name(data["streams"], "stream", KEYS.ingest)
             return ingest["length"] == 0 and any(
                 g["group"] == "filter" and g["consumers"] for g in ingest["groups"]
             )
@@ -475,6 +486,37 @@ def test_up_starts_the_dashboard_and_prints_its_address(
     assert SECRET not in log_path.read_text()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2)
+
+
+def test_unreachable_redis_is_shown_not_fatal(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    gone = f"redis://dashboard:{SECRET}@127.0.0.1:{free_port()}/0"
+    port = free_port()
+    with open(tmp_path / "dashboard.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "--config",
+             str(write_config(redis={"url": gone}, dashboard={"refresh_ms": 200})),
+             "dashboard", "--port", str(port)],
+            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=_env_without_redis_url(),
+        )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def refused() -> Any:
+            try:
+                data = get(base, "/api/status")
+            except OSError:
+                return None
+            return data if "Connection refused" in (data["error"] or "") else None
+
+        data = wait_for(refused, 20, "the dashboard to report Redis unreachable")
+        assert data["error"].startswith("Redis at redis://dashboard:***@127.0.0.1:")
+        assert "<title>Logloom dashboard</title>" in get(base, "/")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) in (0, -signal.SIGTERM)
+    assert SECRET not in (tmp_path / "dashboard.log").read_text()
 
 
 def test_unknown_dashboard_key_is_a_config_error() -> None:
