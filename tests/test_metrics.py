@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from rq.queue import Queue
 
+from pipeline import control
 from pipeline.config import CircuitConfig, PluginSettings
 from pipeline.entry import Entry
 from pipeline.health import GuardedPlugin
@@ -192,6 +193,18 @@ def produce_in_chunks(client: redis.Redis, count: int) -> int:
     return len(range(0, count, 3))
 
 
+def wait_for_filter_workers(client: redis.Redis, count: int) -> None:
+    """Until ``count`` filter workers have reported in: a worker still starting when the entries
+    come would leave them all to the other, and the test would check nothing."""
+    wait_for(
+        lambda: (
+            sum(r["stage"] == "filter" for r in control.worker_reports(client, Keys())) == count
+        ),
+        60,
+        f"{count} filter workers",
+    )
+
+
 def per_process(directory: Path, tmp_path: Path, name: str, **labels: str) -> dict[int, float]:
     """What each process wrote to a multiprocess directory, read file by file."""
     found = {}
@@ -225,7 +238,7 @@ def test_up_sums_two_filter_workers_into_one_metrics(
         },
     )
     up = processes(config, "up", env=child_env())
-    wait_for(lambda: "Logloom is up." in (tmp_path / "up-0.log").read_text(), 30, "the banner")
+    wait_for_filter_workers(client, 2)
     group = {"stream": "logloom:ingest", "group": "filter"}
     dropped = produce_in_chunks(client, 3000)
 
@@ -279,7 +292,7 @@ def test_metrics_command_sums_the_workers_sharing_its_directory(
     workers = [processes(config, "worker", "--stage", "filter", env=env) for _ in range(2)]
     port = free_port()
     exporter = processes(config, "metrics", "--host", "127.0.0.1", "--port", str(port), env=env)
-    wait_for(lambda: client.exists("logloom:ingest"), 30, "the workers' consumer group")
+    wait_for_filter_workers(client, 2)
     dropped = produce_in_chunks(client, 1500)
     samples = wait_for(
         lambda: (
