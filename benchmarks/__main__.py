@@ -37,6 +37,7 @@ from benchmarks.figures import (
     redis_server,
     sink_stage,
 )
+from benchmarks.lang import CPU_SECONDS, lang_off, lang_on
 from pipeline.entry import decode
 from workers.demo import realistic_entries
 
@@ -57,6 +58,13 @@ FIGURES = [
     Figure("hiredis_filter", "bare hiredis loop", hiredis_filter_loop, "raw_filter"),
     Figure("raw_sink", "raw redis-py sink loop", raw_sink_loop, "raw_sink"),
     Figure("sink_stage", "logloom sink stage (sink_jsonl)", sink_stage, "raw_sink"),
+    Figure("lang_off", "filter worker, lang off", lang_off, "lang_off"),
+    Figure("lang_on", "filter worker, lang on (en, zh)", lang_on, "lang_off"),
+]
+
+EXTRA_RATIOS = [
+    ("filter_worker_vs_bare_hiredis", "filter_worker", "hiredis_filter"),
+    ("lang_on_vs_off", "lang_on", "lang_off"),
 ]
 
 
@@ -65,10 +73,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--entries", type=int, default=200_000, help="entries per figure")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median kept)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write results here")
+    parser.add_argument(
+        "--figures",
+        metavar="KEY,...",
+        help=f"only these figures (and their baselines): {', '.join(f.key for f in FIGURES)}",
+    )
     args = parser.parse_args(argv)
     if args.entries < 1 or args.repeat < 1:
         parser.error("--entries and --repeat must be at least 1")
+    args.figures = chosen_figures(parser, args.figures)
     return args
+
+
+def chosen_figures(parser: argparse.ArgumentParser, keys: str | None) -> list[Figure]:
+    if not keys:
+        return FIGURES
+    by_key = {figure.key: figure for figure in FIGURES}
+    wanted = set(keys.split(","))
+    unknown = wanted - by_key.keys()
+    if unknown:
+        parser.error(f"--figures: unknown {', '.join(sorted(unknown))}")
+    wanted |= {by_key[key].baseline for key in wanted}
+    return [figure for figure in FIGURES if figure.key in wanted]
 
 
 def make_workload(count: int) -> Workload:
@@ -114,9 +140,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             print()
             bench = Bench(client, f"redis://{host}:{port}/0", host, port, workdir)
-            rates: dict[str, list[float]] = {figure.key: [] for figure in FIGURES}
+            rates: dict[str, list[float]] = {figure.key: [] for figure in args.figures}
             for round_ in range(1, args.repeat + 1):
-                for figure in FIGURES:
+                for figure in args.figures:
                     client.flushall()
                     seconds = figure.run(bench, workload)
                     rates[figure.key].append(workload.count / seconds)
@@ -141,9 +167,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "baseline": figure.baseline,
                 "ratio_vs_baseline": medians[figure.key] / medians[figure.baseline],
             }
-            for figure in FIGURES
+            for figure in args.figures
         ],
-        "filter_worker_vs_bare_hiredis": medians["filter_worker"] / medians["hiredis_filter"],
+        **{
+            name: medians[figure] / medians[baseline]
+            for name, figure, baseline in EXTRA_RATIOS
+            if figure in medians and baseline in medians
+        },
+        **lang_cpu(),
+    }
+
+
+def lang_cpu() -> dict[str, Any]:
+    """The lang figures by the CPU time of this process: entries per CPU second, on / off."""
+    runs = CPU_SECONDS
+    if not (runs["lang_on"] and runs["lang_off"]):
+        return {}
+    return {
+        "lang_cpu_seconds": runs,
+        "lang_on_vs_off_cpu": statistics.median(runs["lang_off"])
+        / statistics.median(runs["lang_on"]),
     }
 
 
@@ -161,9 +204,18 @@ def print_table(results: dict[str, Any]) -> None:
             f"{row['ratio_vs_baseline']:>5.2f}  {labels[row['baseline']]}"
         )
     print()
-    print(
-        f"logloom filter worker / bare hiredis loop: {results['filter_worker_vs_bare_hiredis']:.2f}"
-    )
+    if "filter_worker_vs_bare_hiredis" in results:
+        ratio = results["filter_worker_vs_bare_hiredis"]
+        print(f"logloom filter worker / bare hiredis loop: {ratio:.2f}")
+    if "lang_on_vs_off" in results:
+        print(f"filter worker, lang on / lang off: {results['lang_on_vs_off']:.2f} (aim: 0.80)")
+    if "lang_on_vs_off_cpu" in results:
+        cpu = results["lang_cpu_seconds"]
+        print(
+            f"  the same by CPU time of this process: {results['lang_on_vs_off_cpu']:.2f} "
+            f"(median {statistics.median(cpu['lang_off']):.2f} s off, "
+            f"{statistics.median(cpu['lang_on']):.2f} s on)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,21 +139,33 @@ class Resolved:
     locale's for ``message``; and, ready made, the JSON they add to an entry without params."""
 
     __slots__ = (
+        "absent",
         "default",
         "fixed",
         "fixed_with_message",
         "forms",
         "key",
+        "message_locale",
         "missing",
         "static",
         "templates",
     )
 
-    def __init__(self, key: str, templates: dict[str, Template], default: Template | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        templates: dict[str, Template],
+        default: Template | None,
+        locales: Sequence[str],
+        default_locale: str,
+    ) -> None:
         self.key = key
         self.templates = templates
         self.default = default
         self.missing = not templates
+        self.absent = tuple(locale for locale in locales if locale not in templates)
+        # The message is the default locale's text: made once, when it is among the locales.
+        self.message_locale = default_locale if default_locale in templates else None
         used = [*templates.values(), *([default] if default else [])]
         # No placeholders: every entry gets the ready-made JSON, whatever its params.
         self.static = not any(one.names for one in used)
@@ -175,14 +187,18 @@ class Resolved:
             return self.fixed if needs_message else self.fixed_with_message
         view = Params(params)
         for name, value in params.items():
-            if type(value) is not str:
-                view[name] = _text(value)
+            kind = type(value)
+            if kind is not str:
+                view[name] = str(value) if kind is int else _text(value)
         forms = self.forms
         if forms is None:
             return self._json(self.added(view, needs_message))
         texts = {locale: form.format_map(view) for locale, form in forms}
         if needs_message:
-            message = self.default.fill(view) if self.default else self.key
+            if self.message_locale is not None:
+                message = texts[self.message_locale]
+            else:
+                message = self.default.fill(view) if self.default else self.key
             return self._json({"message_i18n": texts, "message": message})
         return b',"message_i18n":' + orjson.dumps(texts) + b"}"
 
@@ -239,30 +255,33 @@ class LangResolver:
         if misses:
             found = self._lookup(sorted(misses))
         missing: Counter[str] = Counter()
+        get = cache.get
         for index in wanted:
             entry = entries[index]
             key = entry["lang_key"]
-            resolved = cache.get(key) or found[key]
-            payloads[index] = self._enriched(entry, payloads[index], resolved)
-            if len(resolved.templates) < len(self.locales):
-                missing.update(loc for loc in self.locales if loc not in resolved.templates)
+            resolved = get(key) or found[key]
+            if "message_i18n" in entry or "lang_missing" in entry:
+                payloads[index] = self._keeping_theirs(entry, payloads[index], resolved)
+            else:
+                fragment = resolved.fragment(entry.get("params"), "message" not in entry)
+                payloads[index] = payloads[index].rstrip()[:-1] + fragment
+            if resolved.absent:
+                missing.update(resolved.absent)
         for locale, count in missing.items():
             LANG_MISSING.labels(locale).inc(count)
 
     @staticmethod
-    def _enriched(entry: Entry, payload: bytes, resolved: Resolved) -> bytes:
-        if "message_i18n" in entry or "lang_missing" in entry:  # the producer's own: kept
-            params = entry.get("params")
-            view = Params.of(params) if isinstance(params, dict) else Params()
-            added = resolved.added(view, "message" not in entry)
-            for name in NEW_FIELDS:
-                if name in entry:
-                    added.pop(name, None)
-            if not added:
-                return payload
-            return payload.rstrip()[:-1] + Resolved._json(added)
-        fragment = resolved.fragment(entry.get("params"), "message" not in entry)
-        return payload.rstrip()[:-1] + fragment
+    def _keeping_theirs(entry: Entry, payload: bytes, resolved: Resolved) -> bytes:
+        """The new fields but those the producer sent itself, which are kept as they are."""
+        params = entry.get("params")
+        view = Params.of(params) if isinstance(params, dict) else Params()
+        added = resolved.added(view, "message" not in entry)
+        for name in NEW_FIELDS:
+            if name in entry:
+                added.pop(name, None)
+        if not added:
+            return payload
+        return payload.rstrip()[:-1] + Resolved._json(added)
 
     def _check_state(self) -> None:
         """Carry out requested reloads, and drop the cache if a lang plugin changed since the
@@ -335,7 +354,7 @@ class LangResolver:
                     chosen[locale] = Template(text)
                     break
         templates = {locale: chosen[locale] for locale in self.locales if locale in chosen}
-        return Resolved(key, templates, chosen.get(self.default))
+        return Resolved(key, templates, chosen.get(self.default), self.locales, self.default)
 
     def _report(self, plugin: GuardedPlugin, failures: Counter[str]) -> None:
         PLUGIN_ERRORS.labels(plugin.name, plugin.info.type).inc(sum(failures.values()))
