@@ -1,13 +1,15 @@
 """lang_key resolution (issue 7): templates, fallback chains, the resolver and its cache, the
-filter stage's new fields, language pack files and their write-through edits."""
+filter stage's new fields, language pack files, their write-through edits and the editing API."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -15,6 +17,7 @@ import pytest
 import redis
 from helpers import wait_for
 from prometheus_client import REGISTRY
+from starlette.requests import Request
 
 from pipeline.config import parse_config
 from pipeline.discovery import load_plugins
@@ -22,6 +25,7 @@ from pipeline.entry import Entry, decode
 from pipeline.errors import ConfigError, LangEditError, LangPackError
 from pipeline.health import GuardedPlugin
 from pipeline.lang import LangResolver, Params, Template, fallback_chain
+from pipeline.lang_editor import routes
 from pipeline.langpacks import read_pack, read_packs, write_text
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop
@@ -517,3 +521,60 @@ def test_lang_hot_reload_answers_only_a_cache_miss(tmp_path: Path) -> None:
     assert out[123]["message_i18n"] == {"en": "text 3 for 123", "zh": "text 3 for 123"}
     assert elapsed < 2.0
     plugin.shutdown()
+
+
+# --- the editing API's answers, called in process -------------------------------------------
+
+
+def call(route: Any, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
+    """One request to a Starlette route, without a server."""
+    match = route.path_regex.match(path)
+    assert match is not None, path
+    raw = b"" if body is None else orjson.dumps(body)
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "path_params": match.groupdict(),
+        "query_string": b"",
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    response = asyncio.run(route.endpoint(Request(scope, receive)))
+    return response.status_code, orjson.loads(response.body)
+
+
+def editor_routes(tmp_path: Path, token: str | None) -> dict[str, Any]:
+    directory = packs(tmp_path)
+    lang = {"packs_dir": str(directory), "locales": ["en", "zh-TW"], "edit_token": token}
+    dashboard = SimpleNamespace(config=parse_config({"lang": lang}))
+    return {route.path: route for route in routes(dashboard)}
+
+
+def test_the_editing_api_answers(tmp_path: Path) -> None:
+    token = "x" * 16
+    found = editor_routes(tmp_path, token)
+    index, text = found["/api/lang"], found["/api/lang/{locale}/{key}"]
+    auth = {"Authorization": f"Bearer {token}"}
+    status, listing = call(index, "GET", "/api/lang", **auth)
+    assert status == 200 and listing["editable"] == ["en", "zh-TW", "zh"]
+    assert listing["packs"]["zh"]["keys"] == ["auth.login"]
+    assert call(text, "GET", "/api/lang/zh/auth.failed", **auth)[0] == 404
+    assert call(text, "GET", "/api/lang/zh/auth.login")[0] == 401
+    json_auth = {**auth, "Content-Type": "application/json"}
+    status, answer = call(text, "PUT", "/api/lang/zh/auth.login", [1], **json_auth)
+    assert (status, answer["error"]) == (400, 'body: expected {"text": "..."}')
+    status, answer = call(
+        text, "PUT", "/api/lang/zh-TW/auth.login", {"text": "使用者 {user}"}, **json_auth
+    )
+    assert status == 200 and answer["previous"] is None, "a pack for a configured locale is made"
+    assert read_pack(Path(answer["file"])) == {"auth.login": "使用者 {user}"}
+    (tmp_path / "lang" / "zh.yaml").write_text("auth: [\n")
+    status, answer = call(text, "PUT", "/api/lang/zh/auth.login", {"text": "{user}"}, **json_auth)
+    assert status == 409 and "zh.yaml:2" in answer["error"]
+    (tmp_path / "off").mkdir()
+    off = editor_routes(tmp_path / "off", None)["/api/lang"]
+    assert call(off, "GET", "/api/lang", **auth)[0] == 404
