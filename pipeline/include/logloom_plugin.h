@@ -41,11 +41,15 @@ typedef struct plugin_info {
 } plugin_info_t;
 
 /* Result codes. A filter answers 1 (keep) or 0 (drop); a sink 0 (delivered). Anything below
- * zero (a sink: anything but 0) is an error: the entry goes to the dead-letter queue. */
+ * zero (a sink: anything but 0) is an error: the entry goes to the dead-letter queue. A sink
+ * answers LOGLOOM_UNAVAILABLE when its destination is down, not the entry at fault: the sink
+ * stage then holds the entry, pending and in order, and retries it until the destination is
+ * back, without spending attempts or dead-lettering it. */
 #define LOGLOOM_KEEP 1
 #define LOGLOOM_DROP 0
 #define LOGLOOM_OK 0
 #define LOGLOOM_ERROR (-1)
+#define LOGLOOM_UNAVAILABLE (-2)
 
 int plugin_init(void);                        /* 0 = ready */
 int plugin_process(const log_entry_t *entry); /* per entry, codes above */

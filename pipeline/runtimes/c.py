@@ -30,6 +30,7 @@ POINTER_SIZE = ctypes.sizeof(ctypes.c_void_p)
 ENTRY_SIZE = FIELDS_PER_ENTRY * POINTER_SIZE
 SUFFIXES = (".so", ".dylib")
 NO_RESULT = -(2**31)  # INT_MIN: a batch result the plugin did not write
+UNAVAILABLE = -2  # LOGLOOM_UNAVAILABLE: a sink's destination is down, the entry waits
 
 
 INFO_FIELDS = ("name", "version", "author", "type", "capability", "mode")
@@ -210,6 +211,8 @@ class CPlugin:
             if code == 0:
                 return False
             return Failure(f"plugin_process() returned {code}")
+        if code == UNAVAILABLE:
+            return Failure(f"destination unavailable (plugin_process() returned {code})", True)
         return code if code == 0 else Failure(f"plugin_process() returned {code}")
 
     def shutdown(self) -> None:
