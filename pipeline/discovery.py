@@ -51,10 +51,13 @@ class Candidate:
 
     @property
     def config_file(self) -> Path:
-        """``<name>.yaml`` beside a plugin file; ``plugin.yaml`` inside a plugin package."""
+        """``<name>.yaml`` beside a plugin file (for ``lib<name>.so``, ``lib<name>.yaml`` if there
+        is one, else ``<name>.yaml``, CONTRACT §4); ``plugin.yaml`` inside a plugin package."""
         if self.path.is_dir():
             return self.path / "plugin.yaml"
-        return self.path.with_suffix(".yaml")
+        beside = self.path.with_suffix(".yaml")
+        named = self.path.with_name(f"{name_of(self.path)}.yaml")
+        return named if not beside.is_file() and named.is_file() else beside
 
 
 def plugin_dirs(config: Config) -> list[Path]:
