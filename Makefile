@@ -9,7 +9,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-C_PLUGINS := $(patsubst %.c,%.so,$(wildcard plugins/c/*.c))
+C_PLUGINS := $(patsubst %.c,%.so,$(filter-out plugins/c/sink_kafka.c,$(wildcard plugins/c/*.c)))
+# The Kafka exporter needs librdkafka (apt-get install librdkafka-dev); without it, it is skipped.
+RDKAFKA_LIBS ?= -lrdkafka
+KAFKA_PLUGIN := $(if $(wildcard /usr/include/librdkafka/rdkafka.h),plugins/c/liblog_exporter_kafka.so)
 
 .PHONY: up test lint bench plugins test-plugins
 up: $(BIN)/.installed
@@ -24,9 +27,12 @@ test: lint
 	$(BIN)/pytest
 
 # The bundled C plugins, built against the header the package ships.
-plugins: $(C_PLUGINS)
+plugins: $(C_PLUGINS) $(KAFKA_PLUGIN)
+	$(if $(KAFKA_PLUGIN),,@echo "plugins/c/liblog_exporter_kafka.so skipped: no librdkafka-dev")
 plugins/c/%.so: plugins/c/%.c plugins/c/config_json.h pipeline/include/logloom_plugin.h
 	$(CC) -Ipipeline/include -shared -fPIC -O2 -Wall -Wextra -o $@ $<
+plugins/c/liblog_exporter_kafka.so: plugins/c/sink_kafka.c plugins/c/config_json.h pipeline/include/logloom_plugin.h
+	$(CC) -Ipipeline/include -shared -fPIC -O2 -Wall -Wextra -o $@ $< $(RDKAFKA_LIBS)
 
 # The plugin tests of design §8.3: every runtime through the real pipeline, failures included.
 test-plugins: $(BIN)/.installed
