@@ -179,10 +179,6 @@ static void on_log(const rd_kafka_t *rk, int level, const char *facility, const 
 
 /* --- Reading the config. */
 
-struct reading {
-    struct settings *next;
-};
-
 static int set_property(rd_kafka_conf_t *conf, const char *name, const char *value)
 {
     char why[512];
@@ -229,7 +225,7 @@ static bool is_named(const char *name, size_t name_len, const char *expected)
 static int visit_property(const char *name, size_t name_len, const char *value, void *ctx)
 {
     static const char *const own[] = {"bootstrap.servers", "acks", "enable.idempotence"};
-    struct reading *reading = ctx;
+    struct settings *next = ctx;
     char key[256];
     char *text;
     int failed;
@@ -248,7 +244,7 @@ static int visit_property(const char *name, size_t name_len, const char *value, 
     }
     if ((text = property_text(key, value)) == NULL)
         return 1;
-    failed = set_property(reading->next->conf, key, text);
+    failed = set_property(next->conf, key, text);
     free(text);
     return failed;
 }
@@ -345,7 +341,6 @@ static int visit_top_level(const char *name, size_t name_len, const char *value,
 
 static int read_settings(const char *json, struct settings *next)
 {
-    struct reading reading = {next};
     const char *value;
     bool idempotent = true;
     char timeout[24];
@@ -390,7 +385,7 @@ static int read_settings(const char *json, struct settings *next)
             say("properties must be a mapping of librdkafka properties");
             return 1;
         }
-        if (for_each_member(value, visit_property, &reading) != 0)
+        if (for_each_member(value, visit_property, next) != 0)
             return 1;
     }
     return 0;
