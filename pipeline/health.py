@@ -257,7 +257,13 @@ class GuardedPlugin:
             "last_error": self.last_error,
             "p50_ms": self.latency_ms(0.50),
             "p99_ms": self.latency_ms(0.99),
+            "stats": self.stats(),
         }
+
+    def stats(self) -> dict[str, Any]:
+        """The plugin's own figures (``plugin_stats()`` of an in-process Python plugin), or {}."""
+        figures = getattr(self.plugin, "stats", None)
+        return figures() if callable(figures) else {}
 
     def latency_ms(self, quantile: float) -> float | None:
         """Call time at ``quantile`` over the last LATENCY_WINDOW calls (ms); None before any.

@@ -116,7 +116,18 @@ def plugin_health(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
                 if one.get(quantile) is not None:
                     total[quantile] = max(total[quantile] or 0.0, one[quantile])
             total["last_error"] = one.get("last_error") or total["last_error"]
+            _add_stats(total.setdefault("stats", {}), one.get("stats") or {})
     return sorted(totals.values(), key=lambda total: str(total["plugin"]))
+
+
+def _add_stats(total: dict[str, Any], figures: dict[str, Any]) -> None:
+    """A plugin's own figures over its workers: numbers summed, texts listed once each."""
+    for key, value in figures.items():
+        if isinstance(value, str):
+            seen = [one for one in str(total.get(key, "")).split(",") if one]
+            total[key] = ",".join(sorted({*seen, value}))
+        else:
+            total[key] = total.get(key, 0) + value
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -194,4 +205,15 @@ def render(data: dict[str, Any]) -> str:
                 for p in data["plugins"]
             ],
         )
+        + _stats_table(data["plugins"])
     )
+
+
+def _stats_table(plugins: list[dict[str, Any]]) -> str:
+    """Plugins' own figures (a spool's size, ...), when any plugin reports some."""
+    rows = [
+        [p["plugin"], " ".join(f"{key}={value}" for key, value in sorted(p["stats"].items()))]
+        for p in plugins
+        if p.get("stats")
+    ]
+    return "\n\n" + table(["PLUGIN", "ITS OWN FIGURES"], rows) if rows else ""

@@ -130,10 +130,29 @@ class PythonPlugin:
             self.entry_hook = _resolve_hook(module.resolve)
         generation = getattr(module, "plugin_generation", None)
         self.generation: Callable[[], Any] | None = generation if callable(generation) else None
+        figures = getattr(module, "plugin_stats", None)
+        self._stats: Callable[[], Any] | None = figures if callable(figures) else None
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    def stats(self) -> dict[str, int | float | str]:
+        """The plugin's own figures from its optional ``plugin_stats()`` (a sink's backlog, say),
+        for ``logloom status``: the numbers and strings of the dict it returns; {} otherwise."""
+        if self._stats is None:
+            return {}
+        try:
+            figures = self._stats()
+        except Exception:
+            return {}
+        if not isinstance(figures, dict):
+            return {}
+        return {
+            str(key): value
+            for key, value in figures.items()
+            if isinstance(value, (int, float, str)) and not isinstance(value, bool)
+        }
 
     def call_batch(self, entries: Sequence[Entry]) -> list[Any]:
         if self._batch_hook is not None:
