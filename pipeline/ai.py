@@ -109,8 +109,11 @@ def analyze_batch(
     ids: Sequence[str],
     prefix: str,
     config_source: str,
+    sources: Sequence[str] | None = None,
 ) -> int:
-    """The RQ job: run one ai plugin over a batch, streaming each result. Returns how many."""
+    """The RQ job: run one ai plugin over a batch, streaming each result. Returns how many.
+
+    ``sources``: each entry's stream, when there are several (partitions)."""
     started = time.perf_counter()
     job = get_current_job()
     assert job is not None, "runs as an RQ job"
@@ -119,7 +122,8 @@ def analyze_batch(
     connection: redis.Redis = job.connection
     seq = 0
     rejected: Counter[str] = Counter()
-    for raw, source_id in zip(entries, ids, strict=True):
+    streams = sources or [keys.filtered] * len(ids)
+    for raw, source_id, stream in zip(entries, ids, streams, strict=True):
         entry = Entry(orjson.loads(raw))
         wrong: str | None = None
         for result, final in results_of(plugin, entry):
@@ -148,7 +152,8 @@ def analyze_batch(
             AI_RESULTS.labels(plugin_name, str(int(final))).inc()
         if wrong is not None:
             rejected[wrong] += 1
-            connection.xadd(keys.dlq("ai"), ai_letter(keys, plugin_name, raw, source_id, wrong, 1))
+            letter = ai_letter(keys, plugin_name, raw, source_id, wrong, 1, stream)
+            connection.xadd(keys.dlq("ai"), letter)
     if rejected:
         _report_rejected(plugin_name, rejected, keys)
     AI_JOB_SECONDS.labels(plugin_name).observe(time.perf_counter() - started)
@@ -156,7 +161,13 @@ def analyze_batch(
 
 
 def ai_letter(
-    keys: Keys, plugin: str, raw: bytes, source_id: bytes | str, error: str, attempts: int
+    keys: Keys,
+    plugin: str,
+    raw: bytes,
+    source_id: bytes | str,
+    error: str,
+    attempts: int,
+    source_stream: str,
 ) -> dict[FieldT, EncodableT]:
     """A dead letter of the ai stage: replayed to ``logloom:ai:replay``, read only by it."""
     return dlq.letter(
@@ -165,7 +176,7 @@ def ai_letter(
         plugin=plugin,
         stage="ai",
         attempts=attempts,
-        source_stream=keys.filtered,
+        source_stream=source_stream,
         source_id=source_id,
         replay_to=keys.ai_replay,
     )
@@ -205,10 +216,12 @@ def dead_letter_failed_jobs(client: redis.Redis, queue: Queue, keys: Keys, attem
         if job.meta.get("dead_lettered") or job.func_name != f"{__name__}.analyze_batch":
             continue
         plugin_name, entries, ids, _prefix, _source = job.args
+        streams = job.kwargs.get("sources") or [keys.filtered] * len(ids)
         error = last_error(job)
         pipe = client.pipeline(transaction=True)
-        for raw, source_id in zip(entries, ids, strict=True):
-            pipe.xadd(keys.dlq("ai"), ai_letter(keys, plugin_name, raw, source_id, error, attempts))
+        for raw, source_id, stream in zip(entries, ids, streams, strict=True):
+            letter = ai_letter(keys, plugin_name, raw, source_id, error, attempts, stream)
+            pipe.xadd(keys.dlq("ai"), letter)
         pipe.execute()
         job.meta["dead_lettered"] = True
         job.save_meta()  # type: ignore[no-untyped-call]

@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         help="only these sinks (repeatable; default: every enabled sink)",
     )
     worker.add_argument(
+        "--partitions",
+        type=_partition_list,
+        metavar="N,M",
+        help="serve only these partitions, e.g. 0,2 (default: all of redis.partitions; "
+        "filter and sink stages)",
+    )
+    worker.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -192,6 +199,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _partition_list(text: str) -> list[int]:
+    try:
+        return [int(one) for one in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected partition numbers like 0,2, got {text!r}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", None))
@@ -241,7 +257,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
             return run_ai_worker(config, port)
         from workers.stage_worker import run_worker
 
-        return run_worker(config, args.stage, port, args.sink)
+        return run_worker(config, args.stage, port, args.sink, args.partitions)
     if args.command == "metrics":
         from workers.exporter import run_exporter
 
@@ -273,7 +289,7 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "plugins" and args.plugins_command == "list":
         return _plugins_list(config)
     url = resolve_url(config)
-    client = connect(url)
+    client = connect(url, config.redis.cluster)
     if args.command == "plugins":
         return _plugins_order(args, config, client)
     if args.command == "ai":
@@ -417,7 +433,7 @@ def _plugins_list(config: Config) -> int:
     """The plugins found on disk, then what running workers report of theirs (if Redis is up)."""
     _plugins_found(config)
     try:
-        client = connect(resolve_url(config))
+        client = connect(resolve_url(config), config.redis.cluster)
         reports = control.worker_reports(client, config.keys)
         disabled = control.disabled_plugins(client, config.keys)
     except (redis.ConnectionError, redis.TimeoutError, LogloomError) as exc:
@@ -486,7 +502,8 @@ def _produce(args: argparse.Namespace, config: Config, client: redis.Redis) -> i
     with Producer.from_config(client, config) as producer:
         for payload in _lines(args):
             producer.send(payload)
-    print(f"produced {producer.sent} entries to {config.keys.ingest}", file=sys.stderr)
+    streams = ", ".join(part.ingest for part in config.keys.partitions())
+    print(f"produced {producer.sent} entries to {streams}", file=sys.stderr)
     return 0
 
 
@@ -506,7 +523,7 @@ def _dlq(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
                 ["ID", "FAILED AT", "PLUGIN", "ATTEMPTS", "ERROR"],
                 [
                     [
-                        one.id,
+                        one.ref,
                         one.fields.get("failed_at", ""),
                         one.fields.get("plugin") or "-",
                         one.fields.get("attempts", ""),
@@ -520,7 +537,8 @@ def _dlq(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
     if args.dlq_command == "show":
         found = dlq.get(client, keys, args.stage, args.id)
         if found is None:
-            print(f"logloom: no dead letter {args.id} in {keys.dlq(args.stage)}", file=sys.stderr)
+            print(f"logloom: no dead letter {args.id} in {dlq.where(keys, args.stage)}",
+                  file=sys.stderr)  # fmt: skip
             return 1
         print(orjson.dumps(dlq.as_dict(found), option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -530,10 +548,10 @@ def _dlq(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
     ids = None if args.all else args.ids
     if args.dlq_command == "replay":
         count = dlq.replay(client, keys, args.stage, ids)
-        print(f"replayed {count} dead letters from {keys.dlq(args.stage)}")
+        print(f"replayed {count} dead letters from {dlq.where(keys, args.stage)}")
     else:
         count = dlq.purge(client, keys, args.stage, ids)
-        print(f"purged {count} dead letters from {keys.dlq(args.stage)}")
+        print(f"purged {count} dead letters from {dlq.where(keys, args.stage)}")
     return 0
 
 

@@ -23,6 +23,7 @@ from pipeline.langpacks import is_locale
 from pipeline.log import add_secret, add_secret_text, join_url, redact_url
 
 DEFAULT_CONFIG_PATH = Path("config/logloom.yaml")
+MAX_PARTITIONS = 1024
 
 
 @dataclass
@@ -41,6 +42,8 @@ class RedisConfig:
     embedded: Literal["auto", "always", "never"] = "auto"
     data_dir: str = ".logloom"
     tls: RedisTlsConfig = field(default_factory=RedisTlsConfig)
+    partitions: int = 1
+    cluster: bool = False
 
 
 @dataclass
@@ -50,6 +53,7 @@ class IngestConfig:
     backpressure: Literal["wait", "fail"] = "wait"
     backpressure_timeout_s: float = 30.0
     producer_batch: int = 1000
+    partition_by: str | None = None
 
 
 @dataclass
@@ -197,7 +201,7 @@ class Config:
 
     @property
     def keys(self) -> Keys:
-        return Keys(self.redis.prefix)
+        return Keys(self.redis.prefix, self.redis.partitions)
 
     def enabled_plugins(self) -> list[str]:
         """Every enabled plugin name once, in chain order: ``plugins.enabled`` first."""
@@ -301,6 +305,7 @@ def _check_values(config: Config) -> None:
         "stages.max_deliveries": config.stages.max_deliveries,
         "dashboard.refresh_ms": config.dashboard.refresh_ms,
         "dashboard.history_minutes": config.dashboard.history_minutes,
+        "redis.partitions": config.redis.partitions,
     }
     for key, value in positive.items():
         if value < 1:
@@ -310,6 +315,11 @@ def _check_values(config: Config) -> None:
             raise ConfigError(f"{config.source}: plugins.services.{name}.address: required")
     if not config.redis.prefix or ":" in config.redis.prefix:
         raise ConfigError(f"{config.source}: redis.prefix: must be non-empty without ':'")
+    if config.redis.partitions > MAX_PARTITIONS:
+        raise ConfigError(
+            f"{config.source}: redis.partitions: at most {MAX_PARTITIONS}, got "
+            f"{config.redis.partitions}"
+        )
     _check_tls(config)
     _check_lang(config)
 
@@ -361,7 +371,14 @@ def _check_url(config: Config, where: str, tls: bool = True) -> None:
     ``redis.tls`` is set only for a ``rediss://`` one. Messages show the URL redacted."""
     url = config.redis.url
     if url is None:
+        if tls and config.redis.cluster:
+            raise ConfigError(
+                f"{config.source}: redis.cluster: needs redis.url (any node of the cluster); "
+                "an embedded Redis is never a cluster"
+            )
         return
+    if config.redis.cluster and url.startswith("unix://"):
+        raise ConfigError(f"{where}: redis.cluster: a cluster is reached over TCP, not unix://")
     if not url.startswith(URL_SCHEMES):
         raise ConfigError(
             f"{where}: expected redis://, rediss:// or unix://, got {redact_url(url)!r}"

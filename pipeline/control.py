@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
 from pipeline.health import GuardedPlugin
 from pipeline.keys import Keys
@@ -37,6 +38,12 @@ PYTHON_SUFFIXES = (".py", ".yaml")
 
 def send(client: redis.Redis, keys: Keys, action: str, plugin: str) -> int:
     """Record and publish one action; the number of workers listening."""
+    if isinstance(client, RedisCluster):  # no PUBLISH in a cluster's pipelines: one by one
+        if action in ("disable", "enable"):
+            change = client.sadd if action == "disable" else client.srem
+            change(keys.disabled_plugins, plugin)
+        message = orjson.dumps({"action": action, "plugin": plugin})
+        return int(client.publish(keys.control, message))
     pipe = client.pipeline(transaction=True)
     if action == "disable":
         pipe.sadd(keys.disabled_plugins, plugin)

@@ -5,6 +5,10 @@ A dead letter is a stream entry on ``<prefix>:dlq:<stage>`` with the fields of C
 ``failed_at``) plus ``replay_to``: the stream a replay writes the entry back to. That is the
 source stream, except for sinks: a sink's dead letters go back to that sink's own replay stream,
 so replaying them does not deliver the entries again to the sinks that already have them.
+
+With ``redis.partitions`` > 1 a stage has a DLQ per partition (the ai stage excepted), and its
+letters are named ``p<n>:<stream ID>`` (:attr:`DeadLetter.ref`); a bare stream ID is looked up
+in every partition's DLQ of the stage. A replay puts each letter back in its own partition.
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ def letter(
 class DeadLetter:
     id: str
     fields: dict[str, str]
+    partition: int | None = None  # whose DLQ holds it; None when the stage has only one
+
+    @property
+    def ref(self) -> str:
+        """How commands name the letter: its ID, after ``p<n>:`` if the stage is partitioned."""
+        return self.id if self.partition is None else f"p{self.partition}:{self.id}"
 
     @property
     def error(self) -> str:
@@ -62,11 +72,42 @@ class DeadLetter:
         return self.fields.get("replay_to") or self.fields.get("source_stream", "")
 
 
-def _decode(stream_id: bytes, fields: dict[bytes, bytes]) -> DeadLetter:
+def _decode(stream_id: bytes, fields: dict[bytes, bytes], partition: int | None) -> DeadLetter:
     return DeadLetter(
         stream_id.decode(),
         {key.decode(): value.decode(errors="replace") for key, value in fields.items()},
+        partition,
     )
+
+
+def where(keys: Keys, stage: str) -> str:
+    """The DLQ stream(s) of ``stage``, for messages."""
+    return ", ".join(keys.dlqs(stage))
+
+
+def _queues(keys: Keys, stage: str) -> list[tuple[int | None, str]]:
+    """``(partition, stream)`` of each DLQ of ``stage``; partition None if it has only one."""
+    streams = keys.dlqs(stage)
+    if len(streams) == 1:
+        return [(None, streams[0])]
+    return list(enumerate(streams))
+
+
+def _stream_of(keys: Keys, stage: str, one: DeadLetter) -> str:
+    return keys.dlqs(stage)[one.partition or 0]
+
+
+def _parse_ref(ref: str) -> tuple[int | None, str]:
+    """``p2:1700000000000-0`` as ``(2, "1700000000000-0")``; a bare ID as ``(None, ID)``."""
+    head, colon, rest = ref.partition(":")
+    if colon and head[:1] == "p" and head[1:].isdigit():
+        return int(head[1:]), rest
+    return None, ref
+
+
+def _id_order(one: DeadLetter) -> tuple[int, int]:
+    ms, _, seq = one.id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @dataclass(frozen=True)
@@ -82,18 +123,18 @@ def summaries(client: redis.Redis, keys: Keys) -> list[DlqSummary]:
     """Size and newest error of every stage's DLQ (empty ones included)."""
     pipe = client.pipeline(transaction=False)
     stages = [key.rsplit(":", 1)[1] for key in keys.all_dlqs()]
-    for stage in stages:
-        pipe.xlen(keys.dlq(stage))
-        pipe.xrevrange(keys.dlq(stage), count=1)
+    for key in keys.all_dlqs():
+        pipe.xlen(key)
+        pipe.xrevrange(key, count=1)
     replies = pipe.execute()
     result = []
-    for index, stage in enumerate(stages):
+    for index, (stage, key) in enumerate(zip(stages, keys.all_dlqs(), strict=True)):
         size, newest = replies[2 * index], replies[2 * index + 1]
-        newest_letter = _decode(*newest[0]) if newest else None
+        newest_letter = _decode(newest[0][0], newest[0][1], None) if newest else None
         result.append(
             DlqSummary(
                 stage,
-                keys.dlq(stage),
+                key,
                 int(size),
                 newest_letter.error if newest_letter else "",
                 newest_letter.fields.get("plugin", "") if newest_letter else "",
@@ -104,24 +145,49 @@ def summaries(client: redis.Redis, keys: Keys) -> list[DlqSummary]:
 
 def newest(client: redis.Redis, keys: Keys, stage: str, count: int = 20) -> list[DeadLetter]:
     """The newest ``count`` dead letters of ``stage``, newest first."""
-    return [
-        _decode(*m) for m in cast(list[Message], client.xrevrange(keys.dlq(stage), count=count))
+    letters = [
+        _decode(*m, partition)
+        for partition, key in _queues(keys, stage)
+        for m in cast(list[Message], client.xrevrange(key, count=count))
     ]
+    return sorted(letters, key=_id_order, reverse=True)[:count]
 
 
 def get(client: redis.Redis, keys: Keys, stage: str, letter_id: str) -> DeadLetter | None:
-    found = cast(list[Message], client.xrange(keys.dlq(stage), min=letter_id, max=letter_id))
-    return _decode(*found[0]) if found else None
+    """The letter ``letter_id`` names (a :attr:`DeadLetter.ref`); KeyError if a bare ID is in
+    several partitions' DLQs."""
+    wanted, stream_id = _parse_ref(letter_id)
+    found = [
+        _decode(*m, partition)
+        for partition, key in _queues(keys, stage)
+        if wanted is None or (partition or 0) == wanted
+        for m in cast(list[Message], client.xrange(key, min=stream_id, max=stream_id))
+    ]
+    if len(found) > 1:
+        refs = ", ".join(one.ref for one in found)
+        raise KeyError(f"dead letter {letter_id} is in several partitions' DLQs: name one ({refs})")
+    return found[0] if found else None
 
 
 def _select(client: redis.Redis, keys: Keys, stage: str, ids: list[str] | None) -> list[DeadLetter]:
     if ids is None:
-        return [_decode(*m) for m in cast(list[Message], client.xrange(keys.dlq(stage)))]
+        return [
+            _decode(*m, partition)
+            for partition, key in _queues(keys, stage)
+            for m in cast(list[Message], client.xrange(key))
+        ]
     letters = [get(client, keys, stage, one) for one in ids]
     missing = [one for one, found in zip(ids, letters, strict=True) if found is None]
     if missing:
-        raise KeyError(f"no dead letter {', '.join(missing)} in {keys.dlq(stage)}")
+        raise KeyError(f"no dead letter {', '.join(missing)} in {where(keys, stage)}")
     return [found for found in letters if found is not None]
+
+
+def _by_stream(keys: Keys, stage: str, letters: list[DeadLetter]) -> dict[str, list[DeadLetter]]:
+    grouped: dict[str, list[DeadLetter]] = {}
+    for one in letters:
+        grouped.setdefault(_stream_of(keys, stage, one), []).append(one)
+    return grouped
 
 
 def replay(client: redis.Redis, keys: Keys, stage: str, ids: list[str] | None = None) -> int:
@@ -130,26 +196,28 @@ def replay(client: redis.Redis, keys: Keys, stage: str, ids: list[str] | None = 
     ``ids=None`` replays all of them. Returns how many were replayed.
     """
     letters = _select(client, keys, stage, ids)
-    dlq_key = keys.dlq(stage)
-    for start in range(0, len(letters), REPLAY_CHUNK):
-        chunk = letters[start : start + REPLAY_CHUNK]
-        pipe = client.pipeline(transaction=True)
-        for one in chunk:
-            pipe.xadd(one.replay_to, {ENTRY_FIELD: one.fields.get("entry", "")})
-            pipe.xdel(dlq_key, one.id)
-        pipe.execute()
+    # A letter goes back to its own partition: its DLQ and replay_to share a hash slot.
+    for dlq_key, queued in _by_stream(keys, stage, letters).items():
+        for start in range(0, len(queued), REPLAY_CHUNK):
+            pipe = client.pipeline(transaction=True)
+            for one in queued[start : start + REPLAY_CHUNK]:
+                pipe.xadd(one.replay_to, {ENTRY_FIELD: one.fields.get("entry", "")})
+                pipe.xdel(dlq_key, one.id)
+            pipe.execute()
     return len(letters)
 
 
 def purge(client: redis.Redis, keys: Keys, stage: str, ids: list[str] | None = None) -> int:
     """Delete dead letters for good (all of the stage's with ``ids=None``); returns how many."""
     if ids is None:
-        size = int(client.xlen(keys.dlq(stage)))
-        client.delete(keys.dlq(stage))
+        size = 0
+        for key in keys.dlqs(stage):
+            size += int(client.xlen(key))
+            client.delete(key)
         return size
-    _select(client, keys, stage, ids)
-    return int(client.xdel(keys.dlq(stage), *ids))
+    grouped = _by_stream(keys, stage, _select(client, keys, stage, ids))
+    return sum(int(client.xdel(key, *[one.id for one in found])) for key, found in grouped.items())
 
 
 def as_dict(one: DeadLetter) -> dict[str, Any]:
-    return {"id": one.id, **one.fields}
+    return {"id": one.ref, **one.fields}

@@ -78,6 +78,9 @@ class GuardedPlugin:
         self._over_budget = False
         self._pending_reload: Callable[[], Plugin | None] | None = None
         self._reload_lock = threading.Lock()
+        # A worker serving several partitions calls one plugin from a thread per partition:
+        # calls (and reloads) take turns, as plugins and their host pipes expect.
+        self._call_lock = threading.RLock()
         self.reloads = 0
         self._circuit_gauge = CIRCUIT_STATE.labels(self.name)
         self._circuit_gauge.set(CircuitState.CLOSED)
@@ -127,6 +130,10 @@ class GuardedPlugin:
             load, self._pending_reload = self._pending_reload, None
         if load is None:
             return
+        with self._call_lock:
+            self._reload(load)
+
+    def _reload(self, load: Callable[[], Plugin | None]) -> None:
         same_copy = self.plugin.runtime == "c"
         if same_copy:
             self._shutdown_quietly(self.plugin)
@@ -159,6 +166,10 @@ class GuardedPlugin:
     def call_batch(self, entries: Sequence[Entry], retry: bool = False) -> list[Any]:
         """``retry``: the stage is trying these entries again (a sink's flush); such a call does
         not count for the breaker, so one entry a sink cannot take does not open it."""
+        with self._call_lock:
+            return self._call_batch(entries, retry)
+
+    def _call_batch(self, entries: Sequence[Entry], retry: bool) -> list[Any]:
         if self._pending_reload is not None:
             self.apply_pending()
         if self.open_until is not None:

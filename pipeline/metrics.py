@@ -136,13 +136,12 @@ class QueueCollector(Collector):
 
     def streams(self) -> list[str]:
         found = [
-            self.keys.ingest,
-            self.keys.filtered,
+            *(name for part in self.keys.partitions() for name in (part.ingest, part.filtered)),
             self.keys.ai_replay,
             self.keys.ai_results,
             *self.extra_streams,
         ]
-        for key in self.client.scan_iter(match=f"{self.keys.prefix}:sink:*:replay", count=500):
+        for key in self.client.scan_iter(match=self.keys.sink_replays_pattern(), count=500):
             found.append(key.decode())
         return list(dict.fromkeys(found))
 
@@ -174,8 +173,12 @@ class QueueCollector(Collector):
                 families["consumers"].add_metric(labels, group.consumers)
                 active = self._active_consumers(stream, group.group)
                 families["active"].add_metric(labels, active)
+        dlq_sizes: dict[str, int] = {}  # per stage, summed over its partitions
         for key in self.keys.all_dlqs():
-            families["dlq"].add_metric([key.rsplit(":", 1)[1]], self.client.xlen(key))
+            stage = key.rsplit(":", 1)[1]
+            dlq_sizes[stage] = dlq_sizes.get(stage, 0) + int(self.client.xlen(key))
+        for stage, size in dlq_sizes.items():
+            families["dlq"].add_metric([stage], size)
         queue = Queue(self.keys.ai_queue, connection=self.client)
         families["jobs"].add_metric([queue.name, "queued"], queue.count)
         for state, registry in (

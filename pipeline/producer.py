@@ -5,11 +5,17 @@ batching (one round trip per ``batch`` entries, never one per entry) and backpre
 ingest stream holds more than ``max_len`` entries, :meth:`Producer.flush` waits for the workers
 to catch up, or raises BackpressureError (``backpressure: fail``, or after the timeout). Nothing
 is ever trimmed to make room.
+
+With ``redis.partitions`` > 1 entries are spread over the partitions' ingest streams: by the value
+of one field (``ingest.partition_by``, e.g. ``module``: CRC-32 of the value, so one source always
+lands in the same partition and keeps its order there), or round robin when there is no such
+field or value. ``max_len`` then holds for each partition's stream.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -34,14 +40,18 @@ class Producer:
         max_len: int = 1_000_000,
         backpressure: Literal["wait", "fail"] = "wait",
         backpressure_timeout_s: float = 30.0,
+        partition_by: str | None = None,
     ) -> None:
         self.client = client
-        self.stream = (keys or Keys()).ingest
+        self.streams = [part.ingest for part in (keys or Keys()).partitions()]
         self.batch = batch
         self.max_len = max_len
         self.backpressure = backpressure
         self.backpressure_timeout_s = backpressure_timeout_s
-        self._buffer: list[bytes] = []
+        self.partition_by = partition_by
+        self._buffers: list[list[bytes]] = [[] for _ in self.streams]  # one per partition
+        self._buffered = 0
+        self._next = 0  # round robin
         self.sent = 0
 
     @classmethod
@@ -53,6 +63,7 @@ class Producer:
             max_len=config.ingest.max_len,
             backpressure=config.ingest.backpressure,
             backpressure_timeout_s=config.ingest.backpressure_timeout_s,
+            partition_by=config.ingest.partition_by,
         )
 
     def send(self, entry: Mapping[str, Any] | bytes | str) -> None:
@@ -63,9 +74,24 @@ class Producer:
             payload = entry.encode()
         else:
             payload = entry
-        self._buffer.append(payload)
-        if len(self._buffer) >= self.batch:
+        partition = self._partition(entry, payload) if len(self.streams) > 1 else 0
+        self._buffers[partition].append(payload)
+        self._buffered += 1
+        if self._buffered >= self.batch:
             self.flush()
+
+    def _partition(self, entry: Mapping[str, Any] | bytes | str, payload: bytes) -> int:
+        """The partition of one entry: by its ``partition_by`` value, else the next in turn."""
+        if self.partition_by is not None:
+            value = entry.get(self.partition_by) if isinstance(entry, Mapping) else None
+            if value is None and not isinstance(entry, Mapping):
+                value = _field(payload, self.partition_by)
+            if value is not None:
+                key = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                return zlib.crc32(key) % len(self.streams)
+        partition = self._next
+        self._next = (partition + 1) % len(self.streams)
+        return partition
 
     def send_many(self, entries: Iterable[Mapping[str, Any] | bytes | str]) -> int:
         count = 0
@@ -76,27 +102,40 @@ class Producer:
         return count
 
     def flush(self) -> None:
-        """XADD everything buffered in one round trip, once the stream has room."""
-        if not self._buffer:
+        """XADD everything buffered in one round trip, once the streams have room."""
+        if not self._buffered:
             return
-        self._wait_for_room()
+        filled = [index for index, buffer in enumerate(self._buffers) if buffer]
+        self._wait_for_room([self.streams[index] for index in filled])
         pipe = self.client.pipeline(transaction=False)
-        for payload in self._buffer:
-            pipe.xadd(self.stream, {ENTRY_FIELD: payload})
+        for index in filled:
+            for payload in self._buffers[index]:
+                pipe.xadd(self.streams[index], {ENTRY_FIELD: payload})
         pipe.execute()
-        self.sent += len(self._buffer)
-        self._buffer.clear()
+        self.sent += self._buffered
+        for index in filled:
+            self._buffers[index].clear()
+        self._buffered = 0
 
-    def _wait_for_room(self) -> None:
+    def _fullest(self, streams: list[str]) -> tuple[str, int]:
+        if len(streams) == 1:
+            return streams[0], int(self.client.xlen(streams[0]))
+        pipe = self.client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(stream)
+        lengths = [int(length) for length in pipe.execute()]
+        return max(zip(streams, lengths, strict=True), key=lambda pair: pair[1])
+
+    def _wait_for_room(self, streams: list[str]) -> None:
         deadline = time.monotonic() + self.backpressure_timeout_s
         delay = 0.05
         while True:
-            length = int(self.client.xlen(self.stream))
+            stream, length = self._fullest(streams)
             if length < self.max_len:
                 return
             if self.backpressure == "fail" or time.monotonic() >= deadline:
                 raise BackpressureError(
-                    f"{self.stream} holds {length} entries, over ingest.max_len={self.max_len}: "
+                    f"{stream} holds {length} entries, over ingest.max_len={self.max_len}: "
                     "the workers are behind (start more, or raise ingest.max_len)"
                 )
             time.sleep(delay)
@@ -107,3 +146,13 @@ class Producer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.flush()
+
+
+def _field(payload: bytes, name: str) -> Any:
+    """Field ``name`` of a JSON entry given as text; None if it has none (or is not JSON: the
+    pipeline will dead-letter it, wherever it lands)."""
+    try:
+        entry = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return entry.get(name) if isinstance(entry, dict) else None

@@ -15,9 +15,10 @@ from pipeline.keys import Keys
 
 def collect(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     """Everything the status table shows, as plain data (also printed by ``status --json``)."""
-    stream_names = [keys.ingest, keys.filtered, keys.ai_replay]
+    stream_names = [name for part in keys.partitions() for name in (part.ingest, part.filtered)]
+    stream_names.append(keys.ai_replay)
     stream_names += sorted(
-        key.decode() for key in client.scan_iter(match=f"{keys.prefix}:sink:*:replay", count=500)
+        key.decode() for key in client.scan_iter(match=keys.sink_replays_pattern(), count=500)
     )
     rows = []
     for stream in stream_names:

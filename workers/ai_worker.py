@@ -27,6 +27,7 @@ from pipeline import ai, metrics
 from pipeline.config import Config
 from pipeline.discovery import load_plugins
 from pipeline.embedded import resolve_url
+from pipeline.errors import ConfigError
 from pipeline.log import redact_url
 from pipeline.stages.ai import AiStage
 from pipeline.stages.runner import StageLoop
@@ -48,6 +49,12 @@ def ai_plugin_names(config: Config) -> list[str]:
 def run_ai_worker(config: Config, metrics_port: int | None = None) -> int:
     """Run the ai stage and its RQ worker until signalled; ``metrics_port`` as for a stage
     worker (the jobs' plugin figures are counted in this process)."""
+    if config.redis.cluster:
+        raise ConfigError(
+            f"{config.source}: redis.cluster: the ai stage needs a plain Redis (RQ, which runs "
+            "its jobs, does not work on a Redis Cluster); run ai plugins in a deployment on one "
+            "Redis, or disable them"
+        )
     url = resolve_url(config)
     names = ai_plugin_names(config)
     if not names:
@@ -64,7 +71,7 @@ def run_ai_worker(config: Config, metrics_port: int | None = None) -> int:
     worker = SimpleWorker([ai.queue_for(rq_client, config)], connection=rq_client)
     log.info(
         "AI worker %d: plugins %s, reading %s, running jobs of queue %s, Redis %s",
-        os.getpid(), ", ".join(names), config.keys.filtered, stage.queue.name, redact_url(url),
+        os.getpid(), ", ".join(names), ", ".join(stage.streams), stage.queue.name, redact_url(url),
     )  # fmt: skip
     scheduler = threading.Thread(
         target=run_scheduler, args=(worker.queues, url, stop), name="rq-scheduler", daemon=True

@@ -86,11 +86,11 @@ def run_demo(config: Config) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    client = connect(resolve_url(config))
+    client = connect(resolve_url(config), config.redis.cluster)
     rate = max(1, config.demo.rate)
     producer = Producer.from_config(client, config)
     entries = realistic_entries(10**12, seed=int(time.time()), malformed_every=100)
-    log.info("Demo producer: %d entries/s onto %s", rate, config.keys.ingest)
+    log.info("Demo producer: %d entries/s onto %s", rate, ", ".join(producer.streams))
     while not stop.is_set():
         started = time.monotonic()
         for _ in range(rate):

@@ -28,7 +28,9 @@ def run_exporter(config: Config) -> int:
     """Serve until SIGTERM or SIGINT; exit 0 then."""
     url = resolve_url(config)
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    registry = metrics.supervisor_registry(connect(url), config.keys, multiprocess_dir)
+    registry = metrics.supervisor_registry(
+        connect(url, config.redis.cluster), config.keys, multiprocess_dir
+    )
     try:
         port = metrics.serve(config.metrics.port, config.metrics.host, registry)
     except OSError as exc:

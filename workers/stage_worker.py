@@ -3,6 +3,10 @@
 SIGTERM or SIGINT: the current batch is finished, sinks flush, everything delivered is
 acknowledged, plugins are shut down, exit 0. Whatever a killed worker leaves pending is taken
 over by its peers after ``stages.claim_idle_ms``.
+
+With ``redis.partitions`` > 1 a worker serves every partition (or those of ``--partitions``),
+each with its own StageLoop thread and consumer; workers serving the same partition share it
+through its consumer group. The threads take turns calling a plugin (:class:`GuardedPlugin`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pipeline.discovery import load_one, load_plugins
 from pipeline.embedded import resolve_url
 from pipeline.errors import ConfigError, PluginLoadError
 from pipeline.health import GuardedPlugin
+from pipeline.keys import Keys
 from pipeline.log import redact_url
 from pipeline.plugin import Plugin
 from pipeline.stages.filter import FilterStage
@@ -64,14 +69,34 @@ def _reloader(config: Config, stage: str) -> Callable[[str], Plugin | None]:
     return reload
 
 
+def owned_partitions(config: Config, chosen: Sequence[int] | None) -> list[Keys]:
+    """The partitions a worker serves: ``chosen`` (``--partitions``), else all of them."""
+    parts = config.keys.partitions()
+    if chosen is None:
+        return parts
+    wrong = sorted({index for index in chosen if not 0 <= index < len(parts)})
+    if wrong:
+        raise ConfigError(
+            f"--partitions: no partition {', '.join(map(str, wrong))} (redis.partitions is "
+            f"{len(parts)}: 0 to {len(parts) - 1})"
+        )
+    return [parts[index] for index in dict.fromkeys(chosen)]
+
+
 def run_worker(
-    config: Config, stage: str, metrics_port: int | None = 0, only: Sequence[str] = ()
+    config: Config,
+    stage: str,
+    metrics_port: int | None = 0,
+    only: Sequence[str] = (),
+    partitions: Sequence[int] | None = None,
 ) -> int:
-    """Run one stage until signalled; the exit code. ``only`` limits a sink worker to some sinks."""
+    """Run one stage until signalled; the exit code. ``only`` limits a sink worker to some sinks,
+    ``partitions`` the worker to some partitions."""
+    parts = owned_partitions(config, partitions)
     stop = threading.Event()
     _stop_on_signals(stop)
     url = resolve_url(config)
-    client = connect(url)
+    client = connect(url, config.redis.cluster)
     log.info("Worker %d: Redis %s", os.getpid(), redact_url(url))
     plugins = load_plugins(config, types=PLUGIN_TYPES[stage])
     if only:
@@ -96,12 +121,15 @@ def run_worker(
             langs = [plugin for plugin in plugins if plugin.info.type == "lang"]
             if not filters:
                 log.warning("Filter worker: no filter plugin loaded; every entry passes")
-            loop = StageLoop(
-                client,
-                FilterStage(config, filters, langs, tap),
-                config.stages,
-                config.stages.batch_size,
-            )
+            loops = [
+                StageLoop(
+                    client,
+                    FilterStage(config, filters, langs, tap, keys=part),
+                    config.stages,
+                    config.stages.batch_size,
+                )
+                for part in parts
+            ]
             log.info(
                 "Filter worker %d: chain %s, %s, reading %s",
                 os.getpid(),
@@ -109,11 +137,13 @@ def run_worker(
                 f"lang {', '.join(p.name for p in langs)} into {', '.join(config.lang.locales)}"
                 if langs
                 else "no lang plugin",
-                config.keys.ingest,
+                ", ".join(part.ingest for part in parts),
             )
-            loop.run(stop)
-            return 0
-        return _run_sinks(config, client, plugins, stop, tap)
+            if len(loops) == 1:
+                loops[0].run(stop)
+                return 0
+            return _run_loops(loops, stop)
+        return _run_sinks(config, client, plugins, stop, tap, parts)
     finally:
         for plugin in plugins:
             try:
@@ -128,11 +158,32 @@ def _run_sinks(
     sinks: Sequence[GuardedPlugin],
     stop: threading.Event,
     tap: TapSwitch,
+    parts: Sequence[Keys],
 ) -> int:
-    """One thread per sink, each with its own group and buffer; exit 1 if one of them crashed."""
+    """One thread per sink and partition, each with its own group and buffer."""
     if not sinks:
         log.error("Sink worker: no sink plugin loaded; nothing to do (see plugins.enabled)")
         return 1
+    loops = [
+        StageLoop(
+            client, SinkStage(config, sink, stop, tap, keys=part), config.stages,
+            config.sink.batch_size,
+        )
+        for sink in sinks
+        for part in parts
+    ]  # fmt: skip
+    log.info(
+        "Sink worker %d: %s, reading %s",
+        os.getpid(),
+        ", ".join(s.name for s in sinks),
+        ", ".join(part.filtered for part in parts),
+    )
+    return _run_loops(loops, stop)
+
+
+def _run_loops(loops: Sequence[StageLoop], stop: threading.Event) -> int:
+    """Each loop in its own thread until ``stop``; exit 1 if one of them crashed (which stops
+    the others)."""
     crashed: list[str] = []
 
     def run_one(loop: StageLoop) -> None:
@@ -143,17 +194,12 @@ def _run_sinks(
             crashed.append(loop.stage.name)
             stop.set()
 
-    threads = []
-    for sink in sinks:
-        stage = SinkStage(config, sink, stop, tap)
-        loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
-        threads.append(threading.Thread(target=run_one, args=(loop,), name=stage.name))
-    log.info(
-        "Sink worker %d: %s, reading %s",
-        os.getpid(),
-        ", ".join(s.name for s in sinks),
-        config.keys.filtered,
-    )
+    threads = [
+        threading.Thread(
+            target=run_one, args=(loop,), name=f"{loop.stage.name} {loop.stage.streams[0]}"
+        )
+        for loop in loops
+    ]
     for thread in threads:
         thread.start()
     while any(thread.is_alive() for thread in threads):

@@ -62,8 +62,9 @@ def choose_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
         shown, why = redact_url(url), redact(str(error))
         if isinstance(error, redis.AuthenticationError):  # it is there: no embedded stand-in
             raise LogloomError(f"Redis at {shown} refused the credentials: {why}")
-        if wanted == "never":
-            raise LogloomError(f"Redis at {shown} is unreachable: {why} (redis.embedded: never)")
+        if wanted == "never" or config.redis.cluster:
+            setting = "redis.cluster: true" if config.redis.cluster else "redis.embedded: never"
+            raise LogloomError(f"Redis at {shown} is unreachable: {why} ({setting})")
         log.warning("Redis at %s is unreachable (%s); starting an embedded one instead", shown, why)
     elif wanted == "never":
         raise LogloomError("no redis.url configured and redis.embedded is 'never'")
@@ -82,7 +83,9 @@ def _children(config: Config, demo: bool) -> list[Child]:
         Child(f"sink-{n + 1}", [*base, "worker", "--stage", "sink", *config_args])
         for n in range(config.sink.workers)
     ]
-    if config.ai.workers and ai_plugin_names(config):
+    if config.ai.workers and config.redis.cluster and ai_plugin_names(config):
+        log.warning("ai plugins not run: the ai stage needs a plain Redis (redis.cluster: true)")
+    elif config.ai.workers and ai_plugin_names(config):
         children += [
             Child(f"ai-{n + 1}", [*base, "worker", "--stage", "ai", *config_args])
             for n in range(config.ai.workers)
@@ -118,7 +121,7 @@ class Supervisor:
         shutil.rmtree(self.metrics_dir, ignore_errors=True)
         self.metrics_dir.mkdir(parents=True)
         registry = metrics.supervisor_registry(
-            connect(self.url), self.config.keys, str(self.metrics_dir)
+            connect(self.url, self.config.redis.cluster), self.config.keys, str(self.metrics_dir)
         )
         try:
             return metrics.serve(self.config.metrics.port, self.config.metrics.host, registry)
@@ -227,7 +230,8 @@ def _banner(
         f"  Metrics  http://{config.metrics.host}:{port}/metrics\n"
         f"{pages}"
         f"  Send     {redis_cli(url)} "
-        f"XADD {config.keys.ingest} '*' level ERROR module AUTH message \"bad password\"\n"
+        f"XADD {config.keys.partitions()[0].ingest} '*' level ERROR module AUTH message "
+        '"bad password"\n'
         f"           or: logloom produce FILE\n"
         f"  Watch    logloom status · logloom dlq list\n"
         "Press Ctrl-C to stop.",

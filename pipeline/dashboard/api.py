@@ -32,6 +32,7 @@ KEEPALIVE_S = 15.0
 LETTERS_MAX = 500
 REPLAY_IDS_MAX = 10_000
 STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+LETTER_REF = re.compile(r"^(p\d{1,4}:)?\d{1,20}-\d{1,20}$")  # a dead letter: [p<partition>:]ID
 
 
 class JSON(JSONResponse):
@@ -88,19 +89,19 @@ def routes(dashboard: Dashboard) -> list[BaseRoute]:
         return JSON(
             {
                 "stage": stage,
-                "stream": keys.dlq(stage),
-                "size": int(dashboard.client.xlen(keys.dlq(stage))),
+                "stream": dlq.where(keys, stage),
+                "size": sum(int(dashboard.client.xlen(key)) for key in keys.dlqs(stage)),
                 "letters": [dlq.as_dict(one) for one in found],
             }
         )
 
     def one_letter(request: Request) -> JSON:
         stage, letter_id = request.path_params["stage"], request.path_params["id"]
-        if stage not in DLQ_STAGES or not STREAM_ID.match(letter_id):
+        if stage not in DLQ_STAGES or not LETTER_REF.match(letter_id):
             return error(404, "no such dead letter")
         found = dlq.get(dashboard.client, keys, stage, letter_id)
         if found is None:
-            return error(404, f"no dead letter {letter_id} in {keys.dlq(stage)}")
+            return error(404, f"no dead letter {letter_id} in {dlq.where(keys, stage)}")
         return JSON(dlq.as_dict(found))
 
     async def replay(request: Request) -> JSON:
@@ -121,7 +122,7 @@ def routes(dashboard: Dashboard) -> list[BaseRoute]:
             count = await run_in_threadpool(dlq.replay, dashboard.client, keys, stage, ids)
         except KeyError as exc:  # an ID that is not (or no longer) in the DLQ
             return error(404, str(exc.args[0]))
-        return JSON({"replayed": count, "stream": keys.dlq(stage)})
+        return JSON({"replayed": count, "stream": dlq.where(keys, stage)})
 
     return [
         Route("/", index),
@@ -154,7 +155,7 @@ def replay_ids(body: Any) -> list[str] | str | None:
     ids = body.get("ids")
     if not isinstance(ids, list) or not ids or len(ids) > REPLAY_IDS_MAX:
         return f'ids: expected a list of 1 to {REPLAY_IDS_MAX} stream IDs, or {{"all": true}}'
-    bad = [one for one in ids if not isinstance(one, str) or not STREAM_ID.match(one)]
+    bad = [one for one in ids if not isinstance(one, str) or not LETTER_REF.match(one)]
     if bad:
         return f"ids: not a stream ID: {str(bad[0])[:40]!r}"
     return [str(one) for one in ids]

@@ -29,7 +29,7 @@ class Dashboard:
     def __init__(self, config: Config, url: str) -> None:
         self.config = config
         self.keys: Keys = config.keys
-        self.client = connect(url)
+        self.client = connect(url, config.redis.cluster)
         self.redis_shown = redact_url(url)  # the only form of the URL a page ever sees
         self.interval_s = config.dashboard.refresh_ms / 1000
         self.sampler = Sampler(

@@ -226,8 +226,16 @@ def point(snapshot: dict[str, Any]) -> dict[str, Any]:
             for row in snapshot["streams"]
             for group in row["groups"]
         },
-        "dlq": {row["stage"]: row["size"] for row in snapshot["dlq"]},
+        "dlq": _dlq_sizes(snapshot["dlq"]),
     }
+
+
+def _dlq_sizes(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Dead letters per stage, summed over the partitions' DLQs."""
+    sizes: dict[str, int] = {}
+    for row in rows:
+        sizes[row["stage"]] = sizes.get(row["stage"], 0) + row["size"]
+    return sizes
 
 
 def failed_jobs(client: redis.Redis, keys: Keys, count: int) -> list[dict[str, Any]]:

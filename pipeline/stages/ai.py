@@ -43,7 +43,9 @@ class AiStage:
         self.plugins = list(plugins)
         self.rq_client = rq_client
         self.queue = ai.queue_for(rq_client, config)
-        self.streams: tuple[str, ...] = (self.keys.filtered, self.keys.ai_replay)
+        # Every partition's filtered stream, in one read: the ai stage runs on a plain Redis.
+        filtered = [part.filtered for part in self.keys.partitions()]
+        self.streams: tuple[str, ...] = (*filtered, self.keys.ai_replay)
         self.outbox: list[Command] = []
         self.buffer: list[tuple[str, bytes, bytes]] = []  # (stream, id, entry JSON)
         self.deadline: float | None = None
@@ -65,11 +67,14 @@ class AiStage:
         batch = self.buffer[: self.settings.batch_size]
         entries = [payload for _, _, payload in batch]
         ids = [message_id.decode() for _, message_id, _ in batch]
+        # Partitioned, a job names each entry's stream, for its dead letters.
+        sources = {} if self.keys.partition_count == 1 else {"sources": [s for s, _, _ in batch]}
         pipe = self.rq_client.pipeline(transaction=True)
         for plugin in self.plugins:
             self.queue.enqueue_call(
                 ai.analyze_batch,
                 args=(plugin, entries, ids, self.keys.prefix, self.config.source),
+                kwargs=sources,
                 timeout=self.settings.job_timeout_s,
                 retry=Retry(max=self.settings.retries, interval=self.settings.retry_intervals_s)
                 if self.settings.retries

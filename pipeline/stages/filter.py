@@ -20,7 +20,7 @@ from pipeline.config import Config
 from pipeline.entry import Entry, decode, original_json
 from pipeline.errors import MalformedEntry
 from pipeline.health import GuardedPlugin
-from pipeline.keys import FILTER_GROUP
+from pipeline.keys import FILTER_GROUP, Keys
 from pipeline.lang import LangResolver
 from pipeline.metrics import (
     BATCH_SIZE,
@@ -48,8 +48,10 @@ class FilterStage:
         filters: Sequence[GuardedPlugin],
         langs: Sequence[GuardedPlugin] = (),
         tap: TapSwitch | None = None,
+        keys: Keys | None = None,
     ) -> None:
-        self.keys = config.keys
+        """``keys``: the partition this stage reads (see :meth:`Keys.partitions`)."""
+        self.keys = keys or config.keys
         self.streams: tuple[str, ...] = (self.keys.ingest,)
         self.filters = list(filters)
         self.langs = list(langs)

@@ -33,6 +33,8 @@ REDIS_DOWN_ERRORS = (
     redis.TimeoutError,
     redis.BusyLoadingError,
     TransientRedisError,
+    redis.exceptions.ClusterError,  # a cluster down or failing over, past redis-py's retries
+    redis.exceptions.SlotNotCoveredError,
 )
 # Refusals that pass: out of memory, a failed disk write (MISCONF), a replica mid-failover.
 REFUSALS_TO_WAIT_OUT = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
@@ -164,7 +166,7 @@ class StageLoop:
         """A pipeline holding the stage's queued writes, which leave the outbox."""
         pipe = self.client.pipeline(transaction=False)
         for command in self.stage.outbox:
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            pipe.execute_command(*command, **streams.route(self.client, command))  # type: ignore[no-untyped-call]
         self.stage.outbox.clear()
         return pipe
 
@@ -198,6 +200,7 @@ class StageLoop:
             own or dict.fromkeys(self.stage.streams, ">"),
             self.batch_size,
             None if own else self.stage.wait_ms(self.settings.block_ms),
+            streams.read_route(self.client, self.stage.streams[0]),
         )
         *written, read = pipe.execute(raise_on_error=False)
         failed = [reply for reply in written if isinstance(reply, Exception)]

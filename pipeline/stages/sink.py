@@ -23,6 +23,7 @@ from pipeline.config import Config
 from pipeline.entry import Entry, decode_forwarded, original_json, with_stream_id
 from pipeline.errors import MalformedEntry
 from pipeline.health import GuardedPlugin
+from pipeline.keys import Keys
 from pipeline.metrics import (
     BATCH_SIZE,
     DEAD_LETTERS,
@@ -62,8 +63,10 @@ class SinkStage:
         plugin: GuardedPlugin,
         stop: threading.Event,
         tap: TapSwitch | None = None,
+        keys: Keys | None = None,
     ) -> None:
-        keys = config.keys
+        """``keys``: the partition this stage reads (see :meth:`Keys.partitions`)."""
+        keys = keys or config.keys
         self.plugin = plugin
         self.stop = stop
         self.keys = keys
