@@ -185,20 +185,25 @@ class Resolved:
         The hot path: one ``format_map`` per text and one ``orjson.dumps``."""
         if type(params) is not dict or not params or self.static:
             return self.fixed if needs_message else self.fixed_with_message
-        view = Params(params)
-        for name, value in params.items():
-            kind = type(value)
-            if kind is not str:
-                view[name] = str(value) if kind is int else _text(value)
         forms = self.forms
+        view: Mapping[str, Any] = params  # text and integers format as they are: no copy
+        for value in params.values():
+            kind = type(value)
+            if kind is not str and kind is not int:
+                view = Params.of(params)
+                break
         if forms is None:
-            return self._json(self.added(view, needs_message))
-        texts = {locale: form.format_map(view) for locale, form in forms}
+            return self._json(self.added(Params.of(params), needs_message))
+        try:
+            texts = {locale: form.format_map(view) for locale, form in forms}
+        except KeyError:  # a placeholder without its param: shown as {name}
+            view = Params.of(params)
+            texts = {locale: form.format_map(view) for locale, form in forms}
         if needs_message:
             if self.message_locale is not None:
                 message = texts[self.message_locale]
             else:
-                message = self.default.fill(view) if self.default else self.key
+                message = self.default.fill(Params.of(params)) if self.default else self.key
             return self._json({"message_i18n": texts, "message": message})
         return b',"message_i18n":' + orjson.dumps(texts) + b"}"
 
@@ -241,30 +246,32 @@ class LangResolver:
     ) -> None:
         """Add the resolved fields to the JSON of every kept entry with a ``lang_key``: each
         ``payloads[i]`` becomes its entry's JSON with the new fields appended."""
-        wanted = [
-            index
-            for index, (entry, kept) in enumerate(zip(entries, keep, strict=True))
-            if kept and entry.get("lang_key") is not None
-        ]
+        cache = self.cache
+        get = cache.get
+        wanted: list[tuple[int, Entry, Resolved | None]] = []
+        for index, (entry, kept) in enumerate(zip(entries, keep, strict=True)):
+            key = entry.get("lang_key") if kept else None
+            if key is not None:
+                wanted.append((index, entry, get(key)))
         if not wanted:
             return
-        self._check_state()
-        cache = self.cache
-        found = {}
-        misses = {entries[index]["lang_key"] for index in wanted} - cache.keys()
+        if self._check_state():  # the cache was dropped: nothing found above still holds
+            wanted = [(index, entry, None) for index, entry, _ in wanted]
+        found: dict[str, Resolved] = {}
+        misses = {entry["lang_key"] for _, entry, resolved in wanted if resolved is None}
         if misses:
             found = self._lookup(sorted(misses))
         missing: Counter[str] = Counter()
-        get = cache.get
-        for index in wanted:
-            entry = entries[index]
-            key = entry["lang_key"]
-            resolved = get(key) or found[key]
+        for index, entry, cached in wanted:
+            resolved = cached or found[entry["lang_key"]]
             if "message_i18n" in entry or "lang_missing" in entry:
                 payloads[index] = self._keeping_theirs(entry, payloads[index], resolved)
             else:
+                payload = payloads[index]
+                if payload[-1:] != b"}":  # whitespace after the object
+                    payload = payload.rstrip()
                 fragment = resolved.fragment(entry.get("params"), "message" not in entry)
-                payloads[index] = payloads[index].rstrip()[:-1] + fragment
+                payloads[index] = payload[:-1] + fragment
             if resolved.absent:
                 missing.update(resolved.absent)
         for locale, count in missing.items():
@@ -283,19 +290,19 @@ class LangResolver:
             return payload
         return payload.rstrip()[:-1] + Resolved._json(added)
 
-    def _check_state(self) -> None:
+    def _check_state(self) -> bool:
         """Carry out requested reloads, and drop the cache if a lang plugin changed since the
-        last batch."""
+        last batch (or it grew too big); whether it was dropped."""
         for plugin in self.plugins:
             plugin.apply_pending()
         state = [self._plugin_state(plugin) for plugin in self.plugins]
-        if state != self._state:
-            if self._state:
-                log.debug("Lang: plugins changed; %d cached keys dropped", len(self.cache))
-            self.cache.clear()
-            self._state = state
-        elif len(self.cache) > CACHE_MAX_KEYS:
-            self.cache.clear()
+        if state == self._state and len(self.cache) <= CACHE_MAX_KEYS:
+            return False
+        if self._state and state != self._state:
+            log.debug("Lang: plugins changed; %d cached keys dropped", len(self.cache))
+        self.cache.clear()
+        self._state = state
+        return True
 
     @staticmethod
     def _plugin_state(guarded: GuardedPlugin) -> tuple[Any, ...]:

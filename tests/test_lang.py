@@ -16,6 +16,8 @@ import orjson
 import pytest
 import redis
 from helpers import wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from starlette.requests import Request
 
@@ -24,7 +26,7 @@ from pipeline.discovery import load_plugins
 from pipeline.entry import Entry, decode
 from pipeline.errors import ConfigError, LangEditError, LangPackError
 from pipeline.health import GuardedPlugin
-from pipeline.lang import LangResolver, Params, Template, fallback_chain
+from pipeline.lang import LangResolver, Params, Resolved, Template, fallback_chain
 from pipeline.lang_editor import routes
 from pipeline.langpacks import read_pack, read_packs, write_text
 from pipeline.stages.filter import FilterStage
@@ -95,6 +97,38 @@ def test_templates_fill_params_and_show_the_ones_missing() -> None:
         == 'x true null [1,"a"]'
     ), "non-text params are shown as JSON"
     assert Template("{user.__class__}").fill(Params.of({"user": "a"})) == "{user.__class__}"
+
+
+NAMES = st.sampled_from(["user", "ip", "n", "0", "x_y"])
+PARAM_VALUES = (
+    st.text(max_size=8)
+    | st.integers()
+    | st.booleans()
+    | st.none()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.lists(st.integers(), max_size=2)
+)
+TEMPLATE_TEXT = st.lists(
+    st.text(alphabet='ab "\\{}\n中', max_size=4) | NAMES.map(lambda name: "{" + name + "}"),
+    max_size=5,
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts=st.lists(TEMPLATE_TEXT, min_size=1, max_size=3),
+    params=st.dictionaries(NAMES, PARAM_VALUES, max_size=4),
+    needs_message=st.booleans(),
+)
+def test_the_fast_path_writes_what_the_plain_one_does(
+    texts: list[str], params: dict[str, Any], needs_message: bool
+) -> None:
+    locales = ["en", "zh", "zh-TW"][: len(texts)]
+    templates = {locale: Template(text) for locale, text in zip(locales, texts, strict=True)}
+    resolved = Resolved("k.k", templates, templates["en"], locales, "en")
+    fast = orjson.loads(b'{"a":1' + resolved.fragment(params, needs_message))
+    plain = resolved.added(Params.of(params), needs_message)
+    assert fast == {"a": 1, **orjson.loads(orjson.dumps(plain))}
 
 
 def test_fallback_chains_end_in_the_default_locale() -> None:
