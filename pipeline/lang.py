@@ -70,7 +70,15 @@ def plugin_defaults(lang: LangConfig) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str:
-    return value if type(value) is str else orjson.dumps(value, default=str).decode()
+    """A param as it is shown in a text: text as it is, anything else as JSON."""
+    if type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)  # its JSON, and any size (orjson stops at 64 bits)
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:  # not from a decoded entry: a Python caller's own object
+        return str(value)
 
 
 class Params(dict[str, str]):
