@@ -233,7 +233,11 @@ class GuardedPlugin:
                 self.name,
                 self.failed_calls_in_a_row,
                 last_error,
-                "pass" if self.settings.on_failure == "pass" else "go to the DLQ",
+                "pass"
+                if self.settings.on_failure == "pass"
+                else "wait in its group"
+                if self.info.type == "sink"  # the sink stage holds them (pipeline.stages.sink)
+                else "go to the DLQ",
                 cooldown,
             )
 
