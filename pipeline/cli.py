@@ -195,6 +195,16 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--count", "-n", type=int, help="stop after this many entries")
     tap.add_argument("--json", action="store_true", help="one JSON object a line")
 
+    aggregator = commands.add_parser(
+        "aggregator",
+        help="the central receiver for remote Logloom nodes (their sink_aggregator): writes "
+        "what they send into this config's Redis ingest stream",
+    )
+    aggregator.add_argument("--host", help="address to listen on (default: aggregator.host)")
+    aggregator.add_argument(
+        "--port", type=int, help="port (default: aggregator.port; 0: a free one)"
+    )
+
     commands.add_parser("demo", help="produce demo logs until stopped (used by `up --demo`)")
     return parser
 
@@ -268,6 +278,10 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from pipeline.dashboard.server import serve
 
         return serve(config, resolve_url(config), args.host, args.port)
+    if args.command == "aggregator":
+        from pipeline import aggregator
+
+        return aggregator.run(config, args.host, args.port)
     if args.command == "demo":
         from workers.demo import run_demo
 

@@ -185,6 +185,28 @@ class LangConfig:
 
 
 @dataclass
+class AggregatorTlsConfig:
+    """The aggregator's certificate and key; both set: it speaks TLS only."""
+
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass
+class AggregatorConfig:
+    """``logloom aggregator``: the central receiver remote nodes' ``sink_aggregator`` sends to."""
+
+    host: str = "127.0.0.1"
+    port: int = 7450
+    token: str | None = None
+    token_file: str | None = None
+    tls: AggregatorTlsConfig = field(default_factory=AggregatorTlsConfig)
+    max_batch_bytes: int = 64 * 1024 * 1024
+    idle_timeout_s: float = 300.0
+    dedup_window_s: int = 3600
+
+
+@dataclass
 class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -197,6 +219,7 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     lang: LangConfig = field(default_factory=LangConfig)
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     source: str = "<defaults>"
 
     @property
@@ -322,6 +345,7 @@ def _check_values(config: Config) -> None:
         )
     _check_tls(config)
     _check_lang(config)
+    _check_aggregator(config)
 
 
 def _check_lang(config: Config) -> None:
@@ -346,6 +370,30 @@ def _check_lang(config: Config) -> None:
         if len(lang.edit_token) < 16:
             raise ConfigError(f"{config.source}: lang.edit_token: use at least 16 characters")
         add_secret_text(lang.edit_token)
+
+
+def _check_aggregator(config: Config) -> None:
+    aggregator = config.aggregator
+    where = f"{config.source}: aggregator"
+    if aggregator.token is not None and aggregator.token_file is not None:
+        raise ConfigError(f"{where}: token and token_file: set one, not both")
+    if aggregator.token is not None:
+        if len(aggregator.token) < 16:
+            raise ConfigError(f"{where}.token: use at least 16 characters")
+        add_secret_text(aggregator.token)
+    if aggregator.token_file is not None and not Path(aggregator.token_file).is_file():
+        raise ConfigError(f"{where}.token_file: no such file: {aggregator.token_file}")
+    tls = aggregator.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError(f"{where}.tls: cert_file and key_file go together")
+    for key in ("cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{where}.tls.{key}: no such file: {path}")
+    if aggregator.max_batch_bytes < 1024:
+        raise ConfigError(f"{where}.max_batch_bytes: must be at least 1024")
+    if aggregator.port > 65535:
+        raise ConfigError(f"{where}.port: must be at most 65535, got {aggregator.port}")
 
 
 # redis-py's names for the TLS files, as ``rediss://`` URL query arguments.

@@ -16,6 +16,7 @@ logloom:control                pubsub  plugin disable/enable/reload orders, tap 
 logloom:tap                    stream  tap records: entries and each plugin's decision (capped)
 logloom:plugins:disabled       set     plugins disabled at run time (workers started later too)
 logloom:worker:<consumer>      string  a live worker's plugin states and counters (JSON, TTL)
+logloom:aggregator:batch:*     string  ``logloom aggregator``: batch ``<node>:<id>`` written (TTL)
 =============================  ======  ==================================================
 
 Consumer groups: ``filter`` on the ingest stream; ``sink:<name>`` on the filtered stream and on
@@ -128,6 +129,11 @@ class Keys:
 
     def worker_report(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}"
+
+    def aggregator_batch(self, node: str, batch: str) -> str:
+        """Set by ``logloom aggregator`` with a batch's XADDs, in the hash slot of the partition
+        it writes to: a resent batch is not written twice (kept ``aggregator.dedup_window_s``)."""
+        return f"{self._partitioned}:aggregator:batch:{node}:{batch}"
 
     def all_dlqs(self) -> list[str]:
         return [key for stage in DLQ_STAGES for key in self.dlqs(stage)]
