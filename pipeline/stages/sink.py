@@ -140,12 +140,14 @@ class SinkStage:
         BATCH_SIZE.labels(self.name).observe(len(batch))
         delay_s = self.retry.backoff_initial_ms / 1000
         attempt = 0
+        held = False  # the destination said it is down: later calls are retries of this batch
         while attempt < self.retry.max_attempts:
             if self._wait_out_open_circuit():
                 return
             attempt += 1
             started = time.perf_counter()
-            results = self.plugin.call_batch([one.entry for one in batch], retry=attempt > 1)
+            retry = attempt > 1 or held  # a retry counts toward the breaker only half-open
+            results = self.plugin.call_batch([one.entry for one in batch], retry=retry)
             self._record(batch, results, time.perf_counter() - started)
             failed = []
             delivered = []
@@ -165,6 +167,7 @@ class SinkStage:
             cause = failed[0][1]
             if outage:
                 attempt -= 1  # the entries wait for the destination, in order, and no DLQ
+                held = True
                 self._outage(cause, len(failed))
             elif self.plugin.state == "open":
                 attempt -= 1  # the breaker holds the batch: no attempt spent while it is open
