@@ -67,3 +67,15 @@ def start_redis_server(
             time.sleep(0.05)
     client.close()
     return process, url
+
+
+def produce_requests(client: redis.Redis, start: int, count: int, prefix: str = "logloom") -> None:
+    """``count`` INFO entries ``request <seq>`` from module ``api``, each with its ``seq``, in one
+    pipelined round trip: what the sink tests send through and look for on the far side."""
+    import orjson
+
+    pipe = client.pipeline(transaction=False)
+    for seq in range(start, start + count):
+        entry = {"level": "INFO", "module": "api", "message": f"request {seq}", "seq": seq}
+        pipe.xadd(f"{prefix}:ingest", {"entry": orjson.dumps(entry)})
+    pipe.execute()

@@ -25,7 +25,7 @@ import orjson
 import pytest
 import redis
 import yaml
-from helpers import free_port, start_redis_server, wait_for
+from helpers import free_port, produce_requests, start_redis_server, wait_for
 from test_redis_security import make_pki
 
 from pipeline.aggregator import Refused, Writer, parse_batch
@@ -142,11 +142,7 @@ def node_config(
 
 
 def produce(client: redis.Redis, start: int, count: int) -> None:
-    pipe = client.pipeline(transaction=False)
-    for seq in range(start, start + count):
-        entry = {"level": "INFO", "module": "api", "message": f"request {seq}", "seq": seq}
-        pipe.xadd(KEYS.ingest, {"entry": orjson.dumps(entry)})
-    pipe.execute()
+    produce_requests(client, start, count, KEYS.prefix)
 
 
 def spooled(tmp_path: Path) -> list[int]:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from helpers import free_port, wait_for
+from helpers import free_port, produce_requests, wait_for
 from plugin_kit import ROOT
 
 from pipeline.entry import Entry, with_stream_id
@@ -188,11 +188,7 @@ def test_ten_thousand_entries_through_a_server_that_goes_away(
     keys = Keys()
 
     def produce(start: int, count: int) -> None:
-        pipe = client.pipeline(transaction=False)
-        for seq in range(start, start + count):
-            entry = {"level": "INFO", "module": "api", "message": f"request {seq}", "seq": seq}
-            pipe.xadd(keys.ingest, {"entry": orjson.dumps(entry)})
-        pipe.execute()
+        produce_requests(client, start, count)
 
     workers.start(config, "filter")
     worker = workers.start(config, "sink")

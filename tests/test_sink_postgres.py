@@ -14,10 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import redis
-from helpers import free_port, wait_for
+from helpers import free_port, produce_requests, wait_for
 from plugin_kit import LOGLOOM, ROOT
 
 from pipeline.entry import Entry, with_stream_id
@@ -126,12 +125,7 @@ def test_ten_thousand_entries_survive_a_database_restart(
     keys = Keys()
 
     def produce(start: int, count: int) -> None:
-        pipe = client.pipeline(transaction=False)
-        for seq in range(start, start + count):
-            entry = {"level": "ERROR" if seq % 10 == 0 else "INFO", "module": "api",
-                     "message": f"request {seq}", "seq": seq}  # fmt: skip
-            pipe.xadd(keys.ingest, {"entry": orjson.dumps(entry)})
-        pipe.execute()
+        produce_requests(client, start, count)
 
     workers.start(config, "filter")
     sink = workers.start(config, "sink")
