@@ -148,6 +148,17 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="serve one plugin over the subprocess protocol on stdin/stdout"
     )
     run.add_argument("path", help="a Python plugin (.py or package) or a C plugin (.so)")
+    trial = plugin_commands.add_parser(
+        "test", help="check a plugin's contract, latency and memory in each runtime it runs in"
+    )
+    trial.add_argument("path", help="a Python plugin (.py or package) or a C plugin (.so)")
+    trial.add_argument("--entries", help="FILE.jsonl: your own entries; shows each decision")
+    trial.add_argument(
+        "--runtime", default="all", choices=["inprocess", "isolated", "sandbox", "all"]
+    )
+    trial.add_argument("--calls", type=int, default=1000, help="calls timed per runtime")
+    trial.add_argument("--budget-ms", type=float, help="p99 latency allowed (default: timeout)")
+    trial.add_argument("--json", action="store_true", help="the report as JSON")
     plugin_commands.add_parser("cflags", help="compiler flags that find logloom_plugin.h")
     keygen = plugin_commands.add_parser("keygen", help="make an Ed25519 key pair for signing")
     keygen.add_argument("--out", default="logloom-plugins", help="PREFIX: writes .key and .pub")
@@ -286,6 +297,8 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         from workers.demo import run_demo
 
         return run_demo(config)
+    if args.command == "plugins" and args.plugins_command == "test":
+        return _plugins_test(args, config)
     if args.command == "plugins" and args.plugins_command == "run":
         from pipeline.runtimes.host import main as host_main
 
@@ -432,6 +445,20 @@ def _signing(args: argparse.Namespace, config: Config) -> int:
         return 1
     print(f"{args.path}: signature ok (key {signer})")
     return 0
+
+
+def _plugins_test(args: argparse.Namespace, config: Config) -> int:
+    from pipeline import harness
+
+    try:
+        report = harness.check_plugin(
+            args.path, config, args.runtime, args.entries, max(args.calls, 1), args.budget_ms
+        )
+    except harness.UsageError as exc:
+        print(f"logloom: plugins test: {exc}", file=sys.stderr)
+        return 2
+    print(report.to_json().decode() if args.json else harness.render(report))
+    return 1 if report.failures else 0
 
 
 def _plugins_order(args: argparse.Namespace, config: Config, client: redis.Redis) -> int:
