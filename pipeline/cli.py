@@ -143,7 +143,23 @@ def _parser() -> argparse.ArgumentParser:
         dest="plugins_command", required=True, metavar="ACTION"
     )
     plugin_commands.add_parser("list", help="every plugin found, enabled or not")
-    plugin_commands.add_parser("validate", help="load every enabled plugin; exit 2 on failure")
+    check = plugin_commands.add_parser(
+        "validate", help="load every enabled plugin, or the one at PATH; exit 2 on failure"
+    )
+    check.add_argument(
+        "path", nargs="?", help="one plugin: its project directory, plugin.yaml, .py or .so"
+    )
+    setup = plugin_commands.add_parser(
+        "install", help="pip-install the plugin distribution logloom-plugin-NAME"
+    )
+    setup.add_argument("name", help="NAME or logloom-plugin-NAME")
+    setup.add_argument("--find-links", "-f", action="append", default=[], metavar="DIR|URL")
+    setup.add_argument("--index-url", "-i", metavar="URL", help="a package index (pip's)")
+    setup.add_argument("--no-index", action="store_true", help="only --find-links (offline)")
+    setup.add_argument("--upgrade", "-U", action="store_true", help="upgrade if installed")
+    setup.add_argument(
+        "--signature", metavar="FILE", help="the wheel's .sig (default: beside it in --find-links)"
+    )
     run = plugin_commands.add_parser(
         "run", help="serve one plugin over the subprocess protocol on stdin/stdout"
     )
@@ -217,6 +233,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("demo", help="produce demo logs until stopped (used by `up --demo`)")
+
+    scaffold = commands.add_parser(
+        "create-plugin", help="a new plugin project with working tests (design §9.2)"
+    )
+    scaffold.add_argument("--type", required=True, choices=["filter", "sink", "ai", "lang"])
+    scaffold.add_argument("--name", required=True, help="filter_*, sink_*, ai_* or lang_*")
+    scaffold.add_argument("--lang", default="python", choices=["python", "c", "service"])
+    scaffold.add_argument("--dir", default=".", help="where to create NAME/ (default: here)")
     return parser
 
 
@@ -299,6 +323,14 @@ def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return run_demo(config)
     if args.command == "plugins" and args.plugins_command == "test":
         return _plugins_test(args, config)
+    if args.command == "create-plugin":
+        return _create_plugin(args)
+    if args.command == "plugins" and args.plugins_command == "install":
+        return _plugins_install(args, config)
+    if args.command == "plugins" and args.plugins_command == "validate" and args.path:
+        from pipeline.packaging import validate_path
+
+        return validate_path(Path(args.path), config)
     if args.command == "plugins" and args.plugins_command == "run":
         from pipeline.runtimes.host import main as host_main
 
@@ -517,11 +549,36 @@ def _plugins_found(config: Config) -> None:
         except PluginLoadError as exc:
             kind, version = "?", f"invalid: {exc}"
         state = f"enabled #{enabled.index(name) + 1}" if name in enabled else "-"
-        rows.append([name, kind, version, state, candidate.path])
+        rows.append([name, kind, version, state, candidate.source or "dir", candidate.path])
     for name, service in sorted(config.plugins.services.items()):
         state = f"enabled #{enabled.index(name) + 1}" if name in enabled else "-"
-        rows.append([name, service.type, "(service)", state, service.address])
-    print(table(["NAME", "TYPE", "VERSION", "ENABLED", "PATH"], rows))
+        rows.append([name, service.type, "(service)", state, "service", service.address])
+    print(table(["NAME", "TYPE", "VERSION", "ENABLED", "FROM", "PATH"], rows))
+
+
+def _create_plugin(args: argparse.Namespace) -> int:
+    from pipeline import scaffold
+
+    try:
+        made = scaffold.create(args.type, args.name, args.lang, Path(args.dir))
+    except scaffold.ScaffoldError as exc:
+        print(f"logloom: create-plugin: {exc}", file=sys.stderr)
+        return 2
+    first = "make && " if args.lang == "c" else ""
+    print(f"created {made}: a {args.type} plugin ({args.lang}) with its tests")
+    print(f"next: cd {made} && {first}python -m pytest   (README.md says the rest)")
+    return 0
+
+
+def _plugins_install(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.packaging import install
+
+    pip_args = [arg for link in args.find_links for arg in ("--find-links", link)]
+    pip_args += ["--index-url", args.index_url] if args.index_url else []
+    pip_args += ["--no-index"] if args.no_index else []
+    pip_args += ["--upgrade"] if args.upgrade else []
+    signature = Path(args.signature) if args.signature else None
+    return install(args.name, config, pip_args, signature)
 
 
 def _lines(args: argparse.Namespace) -> Iterator[bytes]:

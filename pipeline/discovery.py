@@ -18,8 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline import manifest as manifests
 from pipeline import signing
 from pipeline.config import Config, PluginSettings
 from pipeline.errors import PluginLoadError
@@ -48,16 +47,30 @@ class Candidate:
 
     name: str
     path: Path
+    source: str = ""
+    """Where it came from when not a directory scan: the distribution that registered it."""
 
     @property
     def config_file(self) -> Path:
         """``<name>.yaml`` beside a plugin file (for ``lib<name>.so``, ``lib<name>.yaml`` if there
-        is one, else ``<name>.yaml``, CONTRACT §4); ``plugin.yaml`` inside a plugin package."""
+        is one, else ``<name>.yaml``, CONTRACT §4); ``plugin.yaml`` inside a plugin package. A C
+        library with neither uses the ``plugin.yaml`` beside it whose manifest names it (the
+        directory ``logloom create-plugin --lang c`` makes)."""
         if self.path.is_dir():
             return self.path / "plugin.yaml"
         beside = self.path.with_suffix(".yaml")
         named = self.path.with_name(f"{name_of(self.path)}.yaml")
-        return named if not beside.is_file() and named.is_file() else beside
+        if beside.is_file() or named.is_file():
+            return beside if beside.is_file() else named
+        project = self.path.with_name("plugin.yaml")
+        if c_runtime.is_c_plugin(self.path) and project.is_file():
+            try:
+                declared = manifests.read(project)
+            except PluginLoadError:
+                declared = None
+            if declared is not None and declared.name == name_of(self.path):
+                return project
+        return beside
 
 
 def plugin_dirs(config: Config) -> list[Path]:
@@ -95,7 +108,10 @@ def entry_point_candidates() -> Iterator[Candidate]:
         if spec is None or spec.origin is None:
             continue
         origin = Path(spec.origin)
-        yield Candidate(point.name, origin.parent if origin.name == "__init__.py" else origin)
+        dist = point.dist
+        source = f"pip: {dist.metadata['Name']} {dist.version}" if dist is not None else "pip"
+        path = origin.parent if origin.name == "__init__.py" else origin
+        yield Candidate(point.name, path, source)
 
 
 def name_of(path: Path) -> str:
@@ -113,17 +129,15 @@ def find_candidates(config: Config) -> dict[str, Candidate]:
 
 def plugin_config(candidate: Candidate, config: Config) -> dict[str, Any]:
     """The plugin's ``<name>.yaml`` with ``plugins.config.<name>`` from the main config on top."""
-    settings: dict[str, Any] = {}
-    if candidate.config_file.is_file():
-        try:
-            loaded = yaml.safe_load(candidate.config_file.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise PluginLoadError(f"bad config {candidate.config_file}: {exc}") from None
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise PluginLoadError(f"config {candidate.config_file} is not a mapping")
-        settings.update(loaded or {})
+    loaded = manifests.load_yaml(candidate.config_file)
+    settings = {key: value for key, value in loaded.items() if key != manifests.MANIFEST_KEY}
     settings.update(config.plugins.config.get(candidate.name, {}))
     return settings
+
+
+def plugin_manifest(candidate: Candidate) -> manifests.Manifest | None:
+    """The ``manifest:`` section of the plugin's YAML (:mod:`pipeline.manifest`), if any."""
+    return manifests.read(candidate.config_file)
 
 
 def run_mode(candidate: Candidate, config: Config, settings: PluginSettings) -> str:
@@ -149,7 +163,8 @@ def sandbox_spec(
     restricted = restricted and is_python
     wanted = settings.sandbox
     if wanted is None:
-        wanted = python.sandbox and is_python
+        declared = plugin_manifest(candidate)
+        wanted = (python.sandbox and is_python) or bool(declared and declared.sandbox == "required")
     if not (wanted or restricted):
         return None
     return SandboxSpec(
@@ -175,9 +190,14 @@ def load_candidate(
     settings = config.plugins.settings.get(candidate.name, PluginSettings())
     plugin_settings = plugin_config(candidate, config)
     lang_settings = {**plugin_defaults(config.lang), **plugin_settings}
+    declared = plugin_manifest(candidate)
+    is_c = c_runtime.is_c_plugin(candidate.path)
+    if declared is not None:
+        manifests.check_runtime(declared, candidate.path, is_c)
+        manifests.check_sandbox(declared, sandbox_spec(candidate, config, settings) is not None)
     if run_mode(candidate, config, settings) == "isolated":
-        runtime = "c-isolated" if c_runtime.is_c_plugin(candidate.path) else "python-subprocess"
-        return load_in_child(
+        runtime = "c-isolated" if is_c else "python-subprocess"
+        plugin = load_in_child(
             host_command(
                 candidate.path,
                 sandbox_spec(candidate, config, settings),
@@ -190,7 +210,16 @@ def load_candidate(
             types,
             lang_settings,
         )
+        if plugin is not None and declared is not None:
+            try:
+                manifests.check_info(declared, plugin.info)
+            except PluginLoadError:
+                plugin.shutdown()
+                raise
+        return plugin
     opened = open_plugin_file(candidate.path, plugin_settings)
+    if declared is not None:
+        manifests.check_info(declared, opened.info)
     if types is not None and opened.info.type not in types:
         return None
     return opened.start(lang_settings if opened.info.type == "lang" else plugin_settings)

@@ -117,7 +117,7 @@ def validate_info(raw: object, origin: str) -> PluginInfo:
     mode = raw.get("mode", "sync")
     if mode not in ("sync", "async"):
         raise PluginLoadError(f"PLUGIN_INFO mode {mode!r} is not 'sync' or 'async'")
-    _check_api(raw.get("api"))
+    check_api(raw.get("api"))
     known = {"name", "version", "type", "author", "description", "capability", "mode"}
     return PluginInfo(
         name=name,
@@ -131,7 +131,8 @@ def validate_info(raw: object, origin: str) -> PluginInfo:
     )
 
 
-def _check_api(declared: object) -> None:
+def check_api(declared: object) -> None:
+    """Refuse an API range (PEP 440 specifiers) that does not contain :data:`API_VERSION`."""
     if declared is None:
         return
     try:
