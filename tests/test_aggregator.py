@@ -26,11 +26,13 @@ import pytest
 import redis
 import yaml
 from helpers import free_port, produce_requests, start_redis_server, wait_for
+from plugin_kit import ROOT
 from test_redis_security import make_pki
 
 from pipeline.aggregator import Refused, Writer, parse_batch
 from pipeline.config import parse_config
 from pipeline.keys import Keys
+from pipeline.runtimes.python import import_plugin_module
 from pipeline.streams import connect
 
 pytestmark = pytest.mark.plugins
@@ -178,6 +180,23 @@ def status(config: Path) -> dict[str, Any]:
     )  # fmt: skip
     data: dict[str, Any] = orjson.loads(done.stdout)
     return data
+
+
+def test_a_spool_segment_is_whole_when_the_disk_takes_a_few_bytes_per_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = import_plugin_module(ROOT / "plugins/python/sink_aggregator.py")
+    spool = plugin.Spool.take(tmp_path / "slot-0")
+    write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: write(fd, bytes(data[:7])))
+    try:
+        line = orjson.dumps({"entries": [{"entry": {"seq": i}} for i in range(100)]})
+        spool.append(line, 1 << 20)
+        path, stored = spool.head()
+        assert stored == line, "every byte written before the rename, not only the first write's"
+        assert spool.bytes == path.stat().st_size == len(line)
+    finally:
+        spool.close()
 
 
 def test_a_batch_line_is_checked_and_stamped_with_node_and_id() -> None:

@@ -262,7 +262,9 @@ class Spool:
         temporary = self.directory / f".{self.next_seq:020d}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, data)
+            unwritten = memoryview(data)
+            while unwritten:  # os.write may write less than asked (a full disk, a signal)
+                unwritten = unwritten[os.write(fd, unwritten) :]
             os.fsync(fd)
         finally:
             os.close(fd)
