@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from helpers import free_port, produce_requests, wait_for
 from plugin_kit import LOGLOOM, ROOT
 
-from pipeline.entry import Entry, with_stream_id
+from pipeline.entry import Entry, with_json, with_stream_id
 from pipeline.keys import Keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.plugins]
@@ -103,6 +104,59 @@ def test_a_batch_delivered_twice_is_written_once(postgres: PrivatePostgres) -> N
         rows = postgres.rows("twice")
         assert sorted(row[0] for row in rows) == sorted(f"1-{i}" for i in range(50))
         assert rows[0][2]["module"] == "M", "the whole entry, as jsonb"
+    finally:
+        sink.shutdown()
+
+
+def numbered(count: int, **fields: Any) -> list[Entry]:
+    return [
+        with_stream_id(Entry(level="INFO", module="M", message=f"m{i}", **fields), f"1-{i}")
+        for i in range(count)
+    ]
+
+
+def test_a_nul_anywhere_in_an_entry_is_stored_as_a_replacement_character(
+    postgres: PrivatePostgres,
+) -> None:
+    sink = load_sink(postgres.dsn, "nul")
+    try:
+        entries = numbered(20)
+        raw = b'{"level":"INFO","module":"M\\u0000","message":"a\\u0000b",'
+        raw += b'"ctx":{"k\\u0000":["v\\u0000"]}}'
+        entries[7] = with_stream_id(with_json(orjson.loads(raw), raw), "1-7")
+        assert sink.call_batch(entries) == [0] * 20, "valid JSON: stored, not refused"
+        with psycopg.connect(postgres.dsn) as connection:
+            row = connection.execute(
+                "SELECT module, message, entry FROM nul WHERE stream_id = '1-7'"
+            ).fetchone()
+        assert row == ("M\ufffd", "a\ufffdb", {
+            "level": "INFO", "module": "M\ufffd", "message": "a\ufffdb",
+            "ctx": {"k\ufffd": ["v\ufffd"]},
+        })  # fmt: skip
+        assert len(postgres.rows("nul")) == 20
+    finally:
+        sink.shutdown()
+
+
+def test_a_row_postgres_refuses_fails_alone_and_the_rest_of_its_batch_is_stored(
+    postgres: PrivatePostgres,
+) -> None:
+    with psycopg.connect(postgres.dsn) as connection:  # a table made by hand: module up to 8
+        connection.execute(
+            "CREATE TABLE narrow (stream_id text PRIMARY KEY, ts timestamptz, level text,"
+            " module varchar(8), message text, lang_key text, entry jsonb NOT NULL,"
+            " written_at timestamptz NOT NULL DEFAULT now())"
+        )
+    sink = load_sink(postgres.dsn, "narrow")
+    try:
+        entries = numbered(10)
+        for i in (3, 8):
+            entries[i] = with_stream_id(Entry(level="INFO", module="M" * 9, message="x"), f"1-{i}")
+        results = sink.call_batch(entries)
+        assert [result == 0 for result in results] == [i not in (3, 8) for i in range(10)]
+        stored = sorted(row[0] for row in postgres.rows("narrow"))
+        assert stored == sorted(f"1-{i}" for i in range(10) if i not in (3, 8))
+        assert sink.call_batch(numbered(10)[:3]) == [0] * 3, "the next batch takes the fast path"
     finally:
         sink.shutdown()
 
