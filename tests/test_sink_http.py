@@ -148,6 +148,23 @@ def test_presets_shape_loki_and_elasticsearch_bodies(collector: Collector) -> No
     assert orjson.loads(lines[1])["message"] == "line 0"
 
 
+def test_bulk_items_throttled_hold_the_batch_only_when_no_item_is_refused_for_good(
+    collector: Collector,
+) -> None:
+    def bulk(*statuses: int) -> bytes:
+        return orjson.dumps({"errors": True, "items": [{"index": {"status": s}} for s in statuses]})
+
+    elastic = sink(collector, format="elasticsearch", index="logs")
+    try:
+        collector.answers.append((200, {}, bulk(201, 429, 503)))
+        results = elastic.call_batch(entries(3))
+        assert all(isinstance(r, Failure) and r.unavailable for r in results), results
+        collector.answers.append((200, {}, bulk(201, 429, 400)))
+        assert elastic.call_batch(entries(3)) == [0, 429, 400], "beside a 400, a 429 fails plainly"
+    finally:
+        elastic.shutdown()
+
+
 def test_429_and_5xx_are_unavailable_and_retry_after_is_honoured(collector: Collector) -> None:
     plugin = sink(collector)
     try:

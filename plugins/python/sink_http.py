@@ -6,9 +6,13 @@ with the headers and auth of the config. Presets shape the body for Loki's push 
 
 What an answer means:
 
-* 2xx: delivered. For Elasticsearch the bulk answer is read item by item: an item refused for
-  good (a mapping error, 400) fails that entry alone; an item throttled (429) or failed on the
-  server (5xx) fails as unavailable and is sent again.
+* 2xx: delivered. For Elasticsearch the bulk answer is read item by item. When every refused
+  item was throttled (429) or failed on the server (5xx), the destination is unavailable: the
+  plugin raises ``ConnectionError`` and the whole batch is held and sent again (an item already
+  written is overwritten by its ``_id``). Otherwise each refused item fails its entry alone with
+  the item's status, a 429 or 5xx among them too: the stage retries those entries and, after
+  ``sink.retry.max_attempts``, dead-letters the ones still refused. (A Python sink answers one
+  int per entry, so it cannot mark single entries unavailable.)
 * 429, 5xx, no answer, a refused connection or a timeout: the destination is unavailable. The
   plugin raises ``ConnectionError``, so the sink stage holds the entries and retries them with
   backoff until it is back (they are never dead-lettered for it); a ``Retry-After`` is honoured
