@@ -20,6 +20,8 @@ from importlib import metadata
 from itertools import pairwise
 from pathlib import Path
 
+import orjson
+
 from pipeline import signing
 from pipeline.config import Config
 from pipeline.discovery import ENTRY_POINT_GROUP, Candidate, load_candidate, name_of
@@ -115,11 +117,35 @@ def install(name: str, config: Config, pip_args: list[str], signature: Path | No
             print(f"logloom: plugins install: pip failed for {wheel.name}: {installed}",
                   file=sys.stderr)  # fmt: skip
             return 1
+        if config.plugins.verify == "signature":
+            _sign_installed(dist, signing.signature_path(wheel))
+        elif config.plugins.verify == "sha256":
+            for top, value in signing.wheel_installs(wheel).items():
+                print(f"pin it for loading: plugins.pinned_sha256.{top}: {value}")
     names = _plugins_of(dist)
     print(f"installed {wheel.name}{trusted}")
     if names:
         print(f"plugins: {', '.join(names)} (add to plugins.enabled; `logloom validate`)")
     return 0
+
+
+def _sign_installed(dist: str, wheel_signature: Path) -> None:
+    """Put the publisher's signatures of what the wheel installs (``installs`` in its ``.sig``)
+    beside each installed package or module, where ``plugins.verify: signature`` looks at load.
+    They are the publisher's, over the installed files' digest: nothing is signed here."""
+    record = orjson.loads(wheel_signature.read_bytes())
+    installs = record.get("installs") or {}
+    if not installs:
+        print(f"note: {wheel_signature.name} signs the wheel only (signed before this Logloom?): "
+              "its plugins need their own .sig to load with plugins.verify: signature")  # fmt: skip
+    found = metadata.distribution(dist)
+    for top, signed in installs.items():
+        target = Path(str(found.locate_file(top)))
+        entry = {"file": top, "sha256": signed["sha256"], "signature": signed["signature"],
+                 "public_key": record["public_key"], "from": record.get("file")}  # fmt: skip
+        signing.signature_path(target).write_bytes(
+            orjson.dumps(entry, option=orjson.OPT_INDENT_2) + b"\n"
+        )
 
 
 def _pip(command: list[str]) -> str | None:

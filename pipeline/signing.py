@@ -6,7 +6,10 @@ the plugin and an Ed25519 signature over that digest, with the signer's public k
 ``plugins.trusted_keys`` and the file still has the digest that was signed; with
 ``plugins.verify: sha256`` only if its digest is pinned in ``plugins.pinned_sha256``. A package
 plugin (a directory) is digested over all its files, names included, so no file can be added,
-removed or changed unnoticed.
+removed or changed unnoticed. A signed wheel's ``.sig`` also signs, under ``installs``, the
+digest each package or module in it will have once installed, so ``logloom plugins install``
+can check the wheel before installing it and put the publisher's signature beside what it
+installed, where the check at load looks.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 
 import orjson
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +40,32 @@ def digest(path: Path) -> str:
         whole.update(file.relative_to(path).as_posix().encode() + b"\0")
         whole.update(hashlib.sha256(file.read_bytes()).digest())
     return whole.hexdigest()
+
+
+def wheel_installs(wheel: Path) -> dict[str, str]:
+    """What a wheel installs at the top of site-packages (package directories, module files),
+    each with the :func:`digest` it has once installed, read from the wheel itself."""
+    files: dict[str, list[tuple[PurePosixPath, bytes]]] = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            path = PurePosixPath(name)
+            top = path.parts[0]
+            if name.endswith("/") or top.endswith((".dist-info", ".data")):
+                continue
+            if "__pycache__" in path.parts:
+                continue
+            files.setdefault(top, []).append((path, archive.read(name)))
+    installs: dict[str, str] = {}
+    for top, members in files.items():
+        if members == [(PurePosixPath(top), members[0][1])]:  # a module file
+            installs[top] = hashlib.sha256(members[0][1]).hexdigest()
+            continue
+        whole = hashlib.sha256()
+        for path, data in sorted(members, key=lambda member: member[0]):
+            whole.update(path.relative_to(top).as_posix().encode() + b"\0")
+            whole.update(hashlib.sha256(data).digest())
+        installs[top] = whole.hexdigest()
+    return installs
 
 
 def signature_path(path: Path) -> Path:
@@ -72,12 +102,18 @@ def sign(key_path: Path, plugin: Path) -> Path:
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
-    record = {
+    record: dict[str, object] = {
         "file": plugin.name,
         "sha256": sha256,
         "signature": base64.b64encode(key.sign(bytes.fromhex(sha256))).decode(),
         "public_key": base64.b64encode(public).decode(),
     }
+    if plugin.suffix == ".whl":  # also what it installs, for `plugins install` to sign beside it
+        record["installs"] = {
+            top: {"sha256": value, "signature": base64.b64encode(key.sign(bytes.fromhex(value)))
+                  .decode()}
+            for top, value in wheel_installs(plugin).items()
+        }  # fmt: skip
     target = signature_path(plugin)
     target.write_bytes(orjson.dumps(record, option=orjson.OPT_INDENT_2) + b"\n")
     return target

@@ -120,6 +120,18 @@ def test_installed_wheel_is_found_listed_and_loaded(
     validated = run([*logloom, "--config", plain, "validate"], tmp_path).stdout
     assert f"ok  {NAME} 0.1.0 (filter, python) {site}" in validated
 
+    # With plugins.verify: signature the workers load it too: install put the publisher's
+    # signature of the installed package beside it (site-packages/<name>.sig).
+    assert json.loads((site.parent / f"{NAME}.sig").read_text())["from"] == wheel.name
+    verified = json.loads(run([python, "-c", PROBE, config], tmp_path).stdout)
+    assert verified["failures"] == [] and verified["plugins"][0]["results"] == [False, True]
+    init = site / "__init__.py"
+    init.write_text(init.read_text().replace("not in message", "in message"))
+    tampered = json.loads(run([python, "-c", PROBE, config], tmp_path).stdout)
+    assert tampered["plugins"] == []
+    (failure,) = tampered["failures"]
+    assert f"Failed to load plugin '{NAME}': changed since it was signed" in failure
+
 
 def test_install_of_a_missing_distribution_fails_in_one_line(built: tuple[Path, Path],
                                                             tmp_path: Path) -> None:  # fmt: skip
