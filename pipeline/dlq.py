@@ -153,9 +153,13 @@ def newest(client: redis.Redis, keys: Keys, stage: str, count: int = 20) -> list
     return sorted(letters, key=_id_order, reverse=True)[:count]
 
 
+class AmbiguousLetter(KeyError):
+    """A bare ID that is in several partitions' DLQs: the caller must name one (``p<n>:ID``)."""
+
+
 def get(client: redis.Redis, keys: Keys, stage: str, letter_id: str) -> DeadLetter | None:
-    """The letter ``letter_id`` names (a :attr:`DeadLetter.ref`); KeyError if a bare ID is in
-    several partitions' DLQs."""
+    """The letter ``letter_id`` names (a :attr:`DeadLetter.ref`); :class:`AmbiguousLetter` if a
+    bare ID is in several partitions' DLQs."""
     wanted, stream_id = _parse_ref(letter_id)
     found = [
         _decode(*m, partition)
@@ -165,7 +169,9 @@ def get(client: redis.Redis, keys: Keys, stage: str, letter_id: str) -> DeadLett
     ]
     if len(found) > 1:
         refs = ", ".join(one.ref for one in found)
-        raise KeyError(f"dead letter {letter_id} is in several partitions' DLQs: name one ({refs})")
+        raise AmbiguousLetter(
+            f"dead letter {letter_id} is in several partitions' DLQs: name one ({refs})"
+        )
     return found[0] if found else None
 
 

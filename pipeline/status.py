@@ -122,13 +122,23 @@ def plugin_health(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
 
 
 def _add_stats(total: dict[str, Any], figures: dict[str, Any]) -> None:
-    """A plugin's own figures over its workers: numbers summed, texts listed once each."""
+    """A plugin's own figures over its workers: numbers summed, texts listed once each. Only
+    numbers are summed: a figure that is not a number in some report (a plugin changed its type)
+    shows the latest such value."""
     for key, value in figures.items():
-        if isinstance(value, str):
-            seen = [one for one in str(total.get(key, "")).split(",") if one]
+        before = total.get(key)
+        if _number(value):
+            if before is None or _number(before):
+                total[key] = (before or 0) + value
+        elif isinstance(value, str) and isinstance(before, str):
+            seen = [one for one in before.split(",") if one]
             total[key] = ",".join(sorted({*seen, value}))
         else:
-            total[key] = total.get(key, 0) + value
+            total[key] = value
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -6,6 +6,7 @@ The screenshot of the browser test is saved as ``test-artifacts/dashboard.png``.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -552,3 +553,103 @@ def test_unreachable_redis_is_shown_not_fatal(
 def test_unknown_dashboard_key_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"dashboard\.prot: unknown key"):
         parse_config({"dashboard": {"prot": 9465}}, "logloom.yaml")
+
+
+def in_process(url: str, **redis_settings: Any) -> Any:
+    """A dashboard's shared state and routes, without a server: endpoints called directly."""
+    from pipeline.dashboard.api import routes
+    from pipeline.dashboard.context import Dashboard as State
+
+    config = parse_config({"redis": {"url": url, **redis_settings},
+                           "dashboard": {"refresh_ms": 50}}, "logloom.yaml")  # fmt: skip
+    state = State(config, url)
+    return state, {route.path: route.endpoint for route in routes(state)}  # type: ignore[attr-defined]
+
+
+def call(endpoint: Any, body: bytes | None = None, **path_params: str) -> tuple[int, Any]:
+    """Status and JSON answer of an endpoint for a request with ``path_params`` (a POST of
+    ``body`` as application/json when given)."""
+    from starlette.requests import Request
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body or b"", "more_body": False}
+
+    scope = {"type": "http", "method": "POST" if body else "GET", "path_params": path_params,
+             "query_string": b"", "headers": [(b"content-type", b"application/json")]}  # fmt: skip
+
+    async def run() -> Any:
+        answer = endpoint(Request(scope, receive))
+        return await answer if asyncio.iscoroutine(answer) else answer
+
+    response = asyncio.run(run())
+    assert response.media_type == "application/json", response.body
+    return response.status_code, orjson.loads(response.body)
+
+
+def test_dlq_endpoints_answer_json_for_an_ambiguous_id_and_for_redis_down(
+    client: redis.Redis, redis_url: str
+) -> None:
+    state, endpoints = in_process(redis_url, partitions=2)
+    keys = state.keys
+    for key in keys.dlqs("filter"):  # the same bare ID in both partitions' DLQs
+        client.xadd(key, {"entry": b"{}", "error": b"boom"}, id="5-0")
+    status, answer = call(endpoints["/api/dlq/{stage}/{id}"], stage="filter", id="5-0")
+    assert status == 409 and "name one (p0:5-0, p1:5-0)" in answer["error"], answer
+    assert call(endpoints["/api/dlq/{stage}/{id}"], stage="filter", id="p1:5-0")[0] == 200
+    replay = endpoints["/api/dlq/{stage}/replay"]
+    status, answer = call(replay, orjson.dumps({"ids": ["5-0"]}), stage="filter")
+    assert status == 409 and "several partitions" in answer["error"], answer
+
+    _, gone = in_process(f"redis://dashboard:{SECRET}@127.0.0.1:{free_port()}/0")
+    for path, params, body in [
+        ("/api/dlq/{stage}", {"stage": "filter"}, None),
+        ("/api/dlq/{stage}/{id}", {"stage": "filter", "id": "5-0"}, None),
+        ("/api/dlq/{stage}/replay", {"stage": "filter"}, b'{"all": true}'),
+    ]:
+        status, answer = call(gone[path], body, **params)
+        assert status == 503, (path, answer)
+        assert answer["error"].startswith("Redis at redis://dashboard:***@127.0.0.1:"), answer
+
+
+def test_a_sampler_that_fails_on_a_bug_shows_it_logs_it_once_and_keeps_sampling(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    state, _ = in_process(redis_url)
+    sample = state.sampler.sample
+    calls = {"n": 0}
+
+    def old_report() -> Any:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise KeyError("restarts")  # a worker of an older version reports no restarts
+        return sample()
+
+    state.sampler.sample = old_report
+    errors: list[str | None] = []
+
+    async def watch() -> None:
+        sampling = asyncio.create_task(state.run_sampler())
+        try:
+            while len(errors) < 5:
+                seq = state.sampler.seq
+                assert await state.wait_newer(seq, 5), "the sampler stopped"
+                errors.append(state.sampler.latest.get("error"))
+        finally:
+            sampling.cancel()
+
+    with caplog.at_level("WARNING", logger="logloom.dashboard"):
+        asyncio.run(watch())
+    assert errors[:3] == ["sampling failed: KeyError: 'restarts'"] * 3
+    assert errors[3:] == [None, None], "the next good sample clears the error"
+    logged = [r for r in caplog.records if "sampling failed" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info, "once per distinct error, with its traceback"
+
+
+def test_plugin_stats_sum_numbers_only_and_show_the_latest_other_value() -> None:
+    from pipeline.status import _add_stats
+
+    total: dict[str, Any] = {}
+    _add_stats(total, {"backlog": 3, "mode": "a", "flag": True})
+    _add_stats(total, {"backlog": "3 batches", "mode": "b", "flag": True})  # a newer plugin
+    _add_stats(total, {"backlog": 4, "mode": "a", "flag": False})
+    assert total == {"backlog": "3 batches", "mode": "a,b", "flag": False}

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+import redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -85,12 +86,16 @@ def routes(dashboard: Dashboard) -> list[BaseRoute]:
             limit = min(int(request.query_params.get("limit", "20")), LETTERS_MAX)
         except ValueError:
             return error(400, "limit: not a number")
-        found = dlq.newest(dashboard.client, keys, stage, max(limit, 1))
+        try:
+            found = dlq.newest(dashboard.client, keys, stage, max(limit, 1))
+            size = sum(int(dashboard.client.xlen(key)) for key in keys.dlqs(stage))
+        except redis.RedisError as exc:
+            return error(503, dashboard.redis_error(exc))
         return JSON(
             {
                 "stage": stage,
                 "stream": dlq.where(keys, stage),
-                "size": sum(int(dashboard.client.xlen(key)) for key in keys.dlqs(stage)),
+                "size": size,
                 "letters": [dlq.as_dict(one) for one in found],
             }
         )
@@ -99,7 +104,12 @@ def routes(dashboard: Dashboard) -> list[BaseRoute]:
         stage, letter_id = request.path_params["stage"], request.path_params["id"]
         if stage not in DLQ_STAGES or not LETTER_REF.match(letter_id):
             return error(404, "no such dead letter")
-        found = dlq.get(dashboard.client, keys, stage, letter_id)
+        try:
+            found = dlq.get(dashboard.client, keys, stage, letter_id)
+        except dlq.AmbiguousLetter as exc:
+            return error(409, str(exc.args[0]))
+        except redis.RedisError as exc:
+            return error(503, dashboard.redis_error(exc))
         if found is None:
             return error(404, f"no dead letter {letter_id} in {dlq.where(keys, stage)}")
         return JSON(dlq.as_dict(found))
@@ -120,8 +130,12 @@ def routes(dashboard: Dashboard) -> list[BaseRoute]:
             return error(400, ids)
         try:
             count = await run_in_threadpool(dlq.replay, dashboard.client, keys, stage, ids)
+        except dlq.AmbiguousLetter as exc:
+            return error(409, str(exc.args[0]))
         except KeyError as exc:  # an ID that is not (or no longer) in the DLQ
             return error(404, str(exc.args[0]))
+        except redis.RedisError as exc:
+            return error(503, dashboard.redis_error(exc))
         return JSON({"replayed": count, "stream": dlq.where(keys, stage)})
 
     return [

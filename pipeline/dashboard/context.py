@@ -18,6 +18,7 @@ from pipeline.config import Config
 from pipeline.dashboard.sampler import Sampler
 from pipeline.keys import Keys
 from pipeline.log import redact, redact_url
+from pipeline.plugin import describe_exception
 from pipeline.streams import connect
 
 log = logging.getLogger("logloom.dashboard")
@@ -42,8 +43,14 @@ class Dashboard:
         self.closing = False  # set on SIGTERM/SIGINT: event streams end so the server can stop
         self._changed: asyncio.Condition | None = None
 
+    def redis_error(self, exc: redis.RedisError) -> str:
+        """Why Redis failed, as a page or a log line may show it (the password masked)."""
+        return f"Redis at {self.redis_shown}: {redact(str(exc)) or type(exc).__name__}"
+
     async def run_sampler(self) -> None:
-        """Sample every ``refresh_ms`` until cancelled; a Redis outage is shown, not fatal."""
+        """Sample every ``refresh_ms`` until cancelled. A failed sample (Redis down, or a report
+        the sampler cannot read) is shown on the page and logged once per distinct cause, never
+        fatal: the next sample may succeed."""
         self._changed = asyncio.Condition()
         down: str | None = None
         while True:
@@ -52,12 +59,18 @@ class Dashboard:
                 snapshot, results = await anyio.to_thread.run_sync(self.sampler.sample)
                 self.sampler.publish(snapshot, results)
                 if down:
-                    log.info("Dashboard: Redis at %s answers again", self.redis_shown)
+                    log.info("Dashboard: sampling works again (it failed with: %s)", down)
                 down = None
-            except redis.RedisError as exc:
-                error = f"Redis at {self.redis_shown}: {redact(str(exc)) or type(exc).__name__}"
+            except Exception as exc:
+                outage = isinstance(exc, redis.RedisError)
+                if isinstance(exc, redis.RedisError):
+                    error = self.redis_error(exc)
+                else:  # a bug, or a worker report it cannot read: its traceback, once
+                    error = f"sampling failed: {redact(describe_exception(exc))}"
                 if error != down:
-                    log.warning("Dashboard: %s; showing the last figures", error)
+                    log.warning(
+                        "Dashboard: %s; showing the last figures", error, exc_info=not outage
+                    )
                 down = error
                 self.sampler.failed(error)
             async with self._changed:
