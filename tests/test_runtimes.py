@@ -510,3 +510,27 @@ def test_plugins_run_streams_an_ai_plugins_partial_results(tmp_path: Path) -> No
         '{"status": 0, "partial": {"word": "b"}}',
         '{"status": 0, "result": {"word": "c"}}',
     ]
+
+
+def test_readme_documents_every_field_of_a_hosted_batch(tmp_path: Path) -> None:
+    from pipeline.runtimes.host import Host
+
+    path = tmp_path / "sink_down.py"
+    path.write_text(textwrap.dedent("""
+        PLUGIN_INFO = {"name": "sink_down", "version": "1.0.0", "type": "sink"}
+        def plugin_init(config): return 0
+        def plugin_shutdown(): pass
+        def plugin_process(entry):
+            if entry.id == "7-0":
+                raise ConnectionError("destination down")
+            raise MemoryError(f"no memory for {entry.id}")
+    """))  # fmt: skip
+    request = {"batch": [{"level": "INFO"}, {"level": "INFO"}], "ids": ["7-0", "7-1"]}
+    line, stop = Host(path, emit=lambda _line: None).answer(request)
+    answer = orjson.loads(line)
+    assert answer["unavailable"] == [0] and answer["exiting"] and not stop, answer
+    assert answer["errors"]["1"] == "MemoryError: no memory for 7-1", "the host read the ids"
+    readme = (ROOT / "README.md").read_text()
+    runtimes = readme.split("### Runtimes:", 1)[1].split("\n### ", 1)[0]
+    undocumented = [f for f in {*request, *answer} if f'"{f}"' not in runtimes]
+    assert undocumented == [], "README, Runtimes: document these protocol fields"
