@@ -35,6 +35,7 @@ DIST_PREFIX = "logloom-plugin-"
 def plugin_in(path: Path) -> tuple[Path | None, Manifest | None]:
     """The plugin file or package a path names, and its manifest; (None, manifest) for a
     service project, whose code Logloom does not load."""
+    path = path.resolve()
     if path.name == "plugin.yaml":
         path = path.parent
     if path.is_dir() and not (path / "__init__.py").is_file():

@@ -126,9 +126,14 @@ def test_parse_reads_every_key() -> None:
         parse({"name": "x", "type": "filter"}, "plugin.yaml")
 
 
-def test_plugins_validate_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugins_validate_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     directory = package(tmp_path, MANIFEST, word="x")
     assert cli.main(["plugins", "validate", str(directory)]) == 0
+    assert capsys.readouterr().out.startswith(f"ok  filter_seen 1.2.0 (filter, python) {directory}")
+    monkeypatch.chdir(directory)
+    assert cli.main(["plugins", "validate", "."]) == 0, "from inside the project"
     assert capsys.readouterr().out.startswith(f"ok  filter_seen 1.2.0 (filter, python) {directory}")
     assert cli.main(["plugins", "validate", str(directory / "plugin.yaml")]) == 0
     capsys.readouterr()
