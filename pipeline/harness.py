@@ -277,7 +277,7 @@ class _Trial:
                 f"name {info.name!r}: {info.type} plugins are named {PREFIXES[info.type]}* "
                 "(design §9.2)"
             )
-        if not api:
+        if not api and not c_runtime.is_c_plugin(self.path):
             report.notes.append('no "api" range in PLUGIN_INFO: declare one, e.g. ">=1.0,<2"')
 
     def close(self) -> None:
@@ -624,11 +624,8 @@ def render(report: Report) -> str:
         lines.append(f"  {mark}  {check.what}" + (f": {check.detail}" if check.detail else ""))
     if report.decisions:
         lines.append(f"decisions ({report.figures[0].runtime})")
-        width = max(len(decision.decision) for decision in report.decisions)
         for decision in report.decisions:
-            lines.append(
-                f"  {decision.line:>4}  {decision.decision:<{width}}  {decision.entry}".rstrip()
-            )
+            lines.append(f"  {decision.line:>4}  {decision.decision:<8}  {decision.entry}".rstrip())
     lines += [f"note: {note}" for note in report.notes]
     failures = report.failures
     if failures:
