@@ -565,7 +565,8 @@ def _create_plugin(args: argparse.Namespace) -> int:
         print(f"logloom: create-plugin: {exc}", file=sys.stderr)
         return 2
     first = "make && " if args.lang == "c" else ""
-    print(f"created {made}: a {args.type} plugin ({args.lang}) with its tests")
+    article = "an" if args.type == "ai" else "a"
+    print(f"created {made}: {article} {args.type} plugin ({args.lang}) with its tests")
     print(f"next: cd {made} && {first}python -m pytest   (README.md says the rest)")
     return 0
 

@@ -111,16 +111,25 @@ NOTES = {
 }
 
 DEVELOP = {
-    "python": "python -m pytest                  # the tests\n"
-    "mypy --strict __init__.py tests        # the types (pipeline.plugin_api)\n"
-    "logloom plugins validate .             # the manifest against the code, loaded as workers do\n"
-    "pip wheel --no-deps --no-build-isolation -w dist .   # the wheel (or: python -m build)",
-    "c": "make                                  # builds {name}.so (logloom plugins cflags)\n"
-    "python -m pytest                      # the tests (they run make first)\n"
-    "logloom plugins validate .            # the manifest against plugin_info(), loaded",
-    "service": "python -m pytest                      # starts service.py and calls it\n"
-    "python service.py --unix /tmp/{name}.sock   # run it\n"
-    "docker build -t {name} .              # or as a container (Dockerfile)",
+    lang: "\n".join(f"{command:<51} # {why}" for command, why in steps)
+    for lang, steps in {
+        "python": [
+            ("python -m pytest", "the tests"),
+            ("mypy --strict __init__.py tests", "the types (pipeline.plugin_api)"),
+            ("logloom plugins validate .", "manifest and code, loaded as workers do"),
+            ("pip wheel --no-deps --no-build-isolation -w dist .", "the wheel"),
+        ],
+        "c": [
+            ("make", "builds {name}.so (logloom plugins cflags)"),
+            ("python -m pytest", "the tests (they run make first)"),
+            ("logloom plugins validate .", "manifest and plugin_info(), loaded"),
+        ],
+        "service": [
+            ("python -m pytest", "starts service.py and calls it"),
+            ("python service.py --unix /tmp/{name}.sock", "run it"),
+            ("docker build -t {name} .", "or as a container (Dockerfile)"),
+        ],
+    }.items()
 }
 
 USE = {
