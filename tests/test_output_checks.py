@@ -10,7 +10,6 @@ import json
 import logging
 import socketserver
 import threading
-import timeit
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -152,13 +151,12 @@ def test_bad_results_count_as_failures_for_the_breaker_and_on_failure_pass() -> 
     assert guard.last_error == f"returned str, {FILTER_MUST}"
 
 
-def test_the_check_is_cheap_for_the_common_case() -> None:
-    """The design target is ~1M filter results a second: the check may add well under 0.1 µs."""
-    batch = [True, False] * 500
-    best = min(timeit.repeat(lambda: outputs.screen(batch, "filter"), number=200, repeat=5))
-    per_entry_ns = best / 200 / len(batch) * 1e9
-    assert per_entry_ns < 100, f"{per_entry_ns:.1f} ns an entry"
-    assert outputs.screen(batch, "filter") == (batch, [])
+def test_the_common_case_takes_the_fast_path() -> None:
+    """All good results come back as the same list, not a copy checked one by one. (What the
+    check costs is in the filter and sink worker figures of ``python -m benchmarks``.)"""
+    for plugin_type, batch in (("filter", [True, False] * 500), ("sink", [0] * 1000)):
+        screened, failures = outputs.screen(batch, plugin_type)
+        assert screened is batch and failures == [], plugin_type
 
 
 # --- Log injection: the helper, the log formatter, the bundled text sinks.
