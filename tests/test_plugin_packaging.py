@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import scaffold
+from pipeline import scaffold, signing
 
 NAME = "filter_packaged"
 DIST = "logloom-plugin-filter-packaged"
@@ -143,3 +143,26 @@ def test_install_of_a_missing_distribution_fails_in_one_line(built: tuple[Path, 
         "logloom: plugins install: pip could not fetch logloom-plugin-filter-nowhere: "
     )
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_install_with_pinned_digests(built: tuple[Path, Path], tmp_path: Path) -> None:
+    wheels, python = built
+    (wheel,) = wheels.glob("*.whl")
+    command = [python, "-m", "pipeline.cli", "--config", tmp_path / "pinned.yaml", "plugins",
+               "install", NAME, "--no-index", "--find-links", wheels]  # fmt: skip
+    pins: dict[str, str] = {}
+    (tmp_path / "pinned.yaml").write_text(
+        yaml.safe_dump({"plugins": {"verify": "sha256", "pinned_sha256": pins}})
+    )
+    refused = run(command, tmp_path, check=False)
+    assert refused.returncode == 1
+    assert f"{wheel.name}: no pinned sha256 for {wheel.name}" in refused.stderr
+
+    pins[wheel.name] = signing.digest(wheel)
+    (tmp_path / "pinned.yaml").write_text(
+        yaml.safe_dump({"plugins": {"verify": "sha256", "pinned_sha256": pins}})
+    )
+    installed = run(command, tmp_path).stdout
+    assert f"installed {wheel.name} (sha256 pinned)" in installed
+    package_digest = signing.wheel_installs(wheel)[NAME]
+    assert f"pin it for loading: plugins.pinned_sha256.{NAME}: {package_digest}" in installed
