@@ -22,7 +22,7 @@ from redis.typing import EncodableT, FieldT
 
 from pipeline.entry import ENTRY_FIELD, timestamp_from_id
 from pipeline.keys import Keys
-from pipeline.streams import Message
+from pipeline.streams import Message, id_tuple
 
 REPLAY_CHUNK = 500
 
@@ -105,11 +105,6 @@ def _parse_ref(ref: str) -> tuple[int | None, str]:
     return None, ref
 
 
-def _id_order(one: DeadLetter) -> tuple[int, int]:
-    ms, _, seq = one.id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 @dataclass(frozen=True)
 class DlqSummary:
     stage: str
@@ -150,7 +145,7 @@ def newest(client: redis.Redis, keys: Keys, stage: str, count: int = 20) -> list
         for partition, key in _queues(keys, stage)
         for m in cast(list[Message], client.xrevrange(key, count=count))
     ]
-    return sorted(letters, key=_id_order, reverse=True)[:count]
+    return sorted(letters, key=lambda one: id_tuple(one.id), reverse=True)[:count]
 
 
 class AmbiguousLetter(KeyError):

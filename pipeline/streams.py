@@ -272,7 +272,9 @@ def _oldest_pending(client: redis.Redis, stream: str, group: Mapping[str, Any]) 
     return client.xpending(stream, group["name"])["min"]
 
 
-def _id_tuple(stream_id: bytes | str) -> tuple[int, int]:
+def id_tuple(stream_id: bytes | str) -> tuple[int, int]:
+    """``"1700000000000-3"`` as ``(1700000000000, 3)``: stream IDs compared as Redis orders them
+    (``-10`` after ``-9``), not as text."""
     ms, _, seq = text(stream_id).partition("-")
     return int(ms), int(seq or 0)
 
@@ -294,9 +296,9 @@ def trim_acknowledged(client: redis.Redis, stream: str) -> int:
     for group in groups:
         oldest = _oldest_pending(client, stream, group)
         if oldest is not None:
-            keep_from = _id_tuple(oldest)
+            keep_from = id_tuple(oldest)
         else:
-            ms, seq = _id_tuple(group["last-delivered-id"])
+            ms, seq = id_tuple(group["last-delivered-id"])
             keep_from = (ms, seq + 1)
         floor = keep_from if floor is None else min(floor, keep_from)
     assert floor is not None
@@ -335,7 +337,7 @@ def group_stats(client: redis.Redis, stream: str) -> list[GroupStats]:
         oldest_s = 0.0
         oldest = _oldest_pending(client, stream, group)
         if oldest is not None:
-            oldest_s = max(0.0, (now_ms - _id_tuple(oldest)[0]) / 1000)
+            oldest_s = max(0.0, (now_ms - id_tuple(oldest)[0]) / 1000)
         last = text(group["last-delivered-id"])
         lag, capped = _lag(client, stream, group, last)
         stats.append(

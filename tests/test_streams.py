@@ -12,7 +12,9 @@ import pytest
 import redis
 from helpers import wait_for
 
+from pipeline import dlq
 from pipeline.config import parse_config
+from pipeline.dashboard.sampler import Sampler
 from pipeline.discovery import load_plugins
 from pipeline.stages.runner import StageLoop, consumer_name
 from pipeline.stages.sink import SinkStage
@@ -21,6 +23,7 @@ from pipeline.streams import (
     ensure_group,
     forget_idle_consumers,
     forward_and_ack,
+    id_tuple,
     trim_acknowledged,
 )
 
@@ -137,3 +140,20 @@ def test_stopped_consumers_with_nothing_pending_are_forgotten(client: redis.Redi
     assert forget_idle_consumers(client, "s", "g", 10, exclude="me") == 1
     names = {c["name"] for c in client.xinfo_consumers("s", "g")}
     assert names == {b"busy", b"me"}, "kept: one with pending entries, and ourselves"
+
+
+def test_stream_ids_compare_as_redis_orders_them_wherever_they_are_compared(
+    client: redis.Redis,
+) -> None:
+    assert id_tuple(b"1700000000000-10") > id_tuple("1700000000000-9"), "numbers, not text"
+    assert id_tuple("1700000000000") == (1700000000000, 0)
+
+    keys = parse_config({"redis": {"partitions": 2}}, "logloom.yaml").keys
+    first, second = keys.dlqs("filter")
+    client.xadd(first, {"error": "older"}, id="5-9")
+    client.xadd(second, {"error": "newer"}, id="5-10")
+    assert [one.id for one in dlq.newest(client, keys, "filter")] == ["5-10", "5-9"]
+
+    sampler = Sampler(client, keys, "redis://test", 1.0, 1)
+    sampler.ai_results.extend([{"id": "5-9"}, {"id": "5-10"}])
+    assert [one["id"] for one in sampler.ai_results_after("5-9")] == ["5-10"]

@@ -28,6 +28,7 @@ from rq.queue import Queue
 from pipeline import ai, status
 from pipeline.keys import Keys
 from pipeline.log import one_line
+from pipeline.streams import id_tuple
 
 COUNT_CAP = 10_000
 RATE_WINDOW_S = 5.0
@@ -261,9 +262,3 @@ def failed_jobs(client: redis.Redis, keys: Keys, count: int) -> list[dict[str, A
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def id_tuple(stream_id: str) -> tuple[int, int]:
-    """``"1700000000000-3"`` as ``(1700000000000, 3)``, for comparing stream IDs."""
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
