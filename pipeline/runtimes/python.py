@@ -165,7 +165,7 @@ class PythonPlugin:
             try:
                 append(hook(entry))
             except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the worker
-                append(Failure(describe_exception(exc)))
+                append(Failure(describe_exception(exc), isinstance(exc, UNAVAILABLE_ERRORS)))
         return results
 
     def _flush(self, entries: Sequence[Entry]) -> list[Any]:

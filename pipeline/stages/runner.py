@@ -15,7 +15,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 import redis
 
@@ -79,6 +80,15 @@ class Stage(Protocol):
         """Drop what is buffered after a Redis error; the loop reads it again."""
 
 
+@runtime_checkable
+class HoldsEntries(Protocol):
+    """A stage that may hold entries a long time without coming back to the loop (a sink
+    whose destination is down): the loop hands it these two."""
+
+    touch: Callable[[str, list[bytes]], None] | None
+    send_outbox: Callable[[], None] | None
+
+
 def consumer_name() -> str:
     """Unique per process start: a restarted container keeps its hostname and often its pid, and
     a worker never reclaims entries pending under its own name."""
@@ -110,6 +120,14 @@ class StageLoop:
         self._own_cursor: dict[str, str] | None = None
         self._next_claim = 0.0
         self._next_trim = time.monotonic() + settings.trim_interval_s
+        if isinstance(stage, HoldsEntries):
+            stage.touch = self._claim_again
+            stage.send_outbox = self._send_outbox
+
+    def _claim_again(self, stream: str, ids: list[bytes]) -> None:
+        """XCLAIM ``ids`` for this consumer again, JUSTID: their idle time starts over and
+        their delivery count stays, so a peer's reclaim leaves entries we still hold alone."""
+        self.client.xclaim(stream, self.stage.group, self.consumer, 0, list[Any](ids), justid=True)
 
     def ensure_groups(self) -> None:
         for stream in self.stage.streams:

@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import redis
 
 from pipeline import dlq, outputs
 from pipeline.config import Config
@@ -82,6 +85,17 @@ class SinkStage:
         self.deadline: float | None = None
         self.outage_since: float | None = None  # the destination said it is down, since when
         self.tap = tap
+        # Entry.id, the key sinks deduplicate by, must be unique among everything any worker of
+        # this sink reads: partitions' streams number their entries independently.
+        partition = "" if keys.partition is None else f"p{keys.partition}/"
+        self.id_prefixes = {self.streams[0]: partition, self.streams[1]: f"{partition}replay/"}
+        # Set by the stage loop, for a batch held through a long outage: ``touch`` claims
+        # entries for this consumer again (XCLAIM JUSTID) so they do not look abandoned to the
+        # other workers; ``send_outbox`` sends the acks and dead letters queued meanwhile.
+        self.touch: Callable[[str, list[bytes]], None] | None = None
+        self.send_outbox: Callable[[], None] | None = None
+        self.touch_every_s = config.stages.claim_idle_ms / 3000
+        self._touched = time.monotonic()
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Buffer; flush when a batch is full."""
@@ -92,10 +106,8 @@ class SinkStage:
             except MalformedEntry as exc:
                 bad.append(((message_id, fields), f"undecodable entry on {stream}: {exc}"))
                 continue
-            # The key sinks deduplicate by: unique among the streams this sink reads.
-            with_stream_id(
-                entry, message_id if stream == self.streams[0] else f"replay/{message_id.decode()}"
-            )
+            prefix = self.id_prefixes[stream]
+            with_stream_id(entry, f"{prefix}{message_id.decode()}" if prefix else message_id)
             self.buffer.append(Buffered(stream, message_id, entry, payload))
         ENTRIES_IN.labels(self.name).inc(len(messages))
         for message, error in bad:
@@ -149,32 +161,42 @@ class SinkStage:
             retry = attempt > 1 or held  # a retry counts toward the breaker only half-open
             results = self.plugin.call_batch([one.entry for one in batch], retry=retry)
             self._record(batch, results, time.perf_counter() - started)
-            failed = []
+            failed: list[tuple[Buffered, str]] = []
             delivered = []
-            outage = True  # every failure says the destination is down, none blames an entry
+            unavailable: list[Buffered] = []  # failures the destination's outage explains
             for one, result in zip(batch, results, strict=True):
                 error = delivery_error(result)
                 if error is None:
                     delivered.append(one)
-                else:
-                    failed.append((one, error))
-                    outage = outage and isinstance(result, Failure) and result.unavailable
+                    continue
+                failed.append((one, error))
+                if isinstance(result, Failure) and result.unavailable:
+                    unavailable.append(one)
             self._acknowledge(delivered)
             if not failed:
                 self._outage_over()
                 return
             PLUGIN_ERRORS.labels(self.plugin.name, self.plugin.info.type).inc(len(failed))
             cause = failed[0][1]
-            if outage:
+            if len(unavailable) == len(failed):
                 attempt -= 1  # the entries wait for the destination, in order, and no DLQ
                 held = True
                 self._outage(cause, len(failed))
             elif self.plugin.state == "open":
                 attempt -= 1  # the breaker holds the batch: no attempt spent while it is open
             elif attempt == self.retry.max_attempts:
-                self._dead_letter(failed, attempt)
-                return
-            if attempt == 1 and self.plugin.state != "open":
+                # Only the entries blamed for it go; those the outage explains keep waiting.
+                waiting = set(map(id, unavailable))
+                self._dead_letter([f for f in failed if id(f[0]) not in waiting], attempt)
+                if not unavailable:
+                    return
+                failed = [f for f in failed if id(f[0]) in waiting]
+                attempt -= 1
+                held = True
+                self._outage(failed[0][1], len(failed))
+            if held:
+                self._while_held(batch)
+            if attempt == 1 and not held and self.plugin.state != "open":
                 log.warning(
                     "Sink '%s': flush of %d entries failed: %s; retrying up to %d times",
                     self.plugin.name,
@@ -193,6 +215,26 @@ class SinkStage:
             SINK_RETRIES.labels(self.plugin.name).inc()
             delay_s = min(delay_s * 2, self.retry.backoff_max_ms / 1000)
             batch = [one for one, _ in failed]
+
+    def _while_held(self, batch: list[Buffered]) -> None:
+        """While a batch waits for its destination: send what is queued (the acks of what got
+        through, the dead letters of entries blamed for their own failure), and reset the idle
+        time of what this worker holds (the batch and the rest of its buffer) before another
+        worker's reclaim would take it for a dead worker's."""
+        try:
+            if self.outbox and self.send_outbox is not None:
+                self.send_outbox()
+            now = time.monotonic()
+            if self.touch is None or now - self._touched < self.touch_every_s:
+                return
+            self._touched = now
+            held = batch + self.buffer
+            for stream in self.streams:
+                ids = [one.id for one in held if one.stream == stream]
+                if ids:
+                    self.touch(stream, ids)
+        except redis.RedisError as exc:  # Redis down too: the stage loop deals with that later
+            log.debug("Sink '%s': while holding a batch: %s", self.name, exc)
 
     def _record(self, batch: list[Buffered], results: list[object], seconds: float) -> None:
         """A tap record of this flush attempt, if a tap asks for this sink (pipeline.tap)."""
