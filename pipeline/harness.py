@@ -214,6 +214,8 @@ class _Trial:
             self.plugin = self._load()
         except PluginLoadError as exc:
             message = str(exc)
+            for prefix in ("init failed: ", "info failed: ", "cannot load plugin: "):
+                message = message.removeprefix(prefix)
             if contract:
                 self.report.checks.append(Check("contract", _category(message), False, message))
             else:
@@ -429,9 +431,19 @@ def _category(message: str) -> str:
         return "required functions"
     if message.startswith(("plugin_init()", "plugin_configure()")):
         return "plugin_init"
-    if message.startswith(("import failed", "dlopen failed", "not an importable")):
-        return "loads"
-    return "metadata"
+    if message.startswith(
+        (
+            "PLUGIN_INFO",
+            "no PLUGIN_INFO",
+            "plugin_info()",
+            "unknown type",
+            "api ",
+            "needs ",
+            "no plugin_info()",
+        )
+    ):
+        return "metadata"
+    return "loads"
 
 
 def _hooks(path: Path, info: PluginInfo) -> str:

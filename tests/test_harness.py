@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from plugin_kit import LOGLOOM, ROOT, compile_c
 
+from pipeline.config import Config
 from pipeline.harness import Report, check_plugin, render
 
 pytestmark = pytest.mark.plugins
@@ -240,3 +241,20 @@ def test_a_missing_plugin_is_a_usage_error() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("logloom: plugins test: no/such/plugin.py: not a plugin")
+
+
+@pytest.mark.parametrize("kind", ["bad SemVer", "missing function", "init refuses"])
+def test_a_host_names_the_same_contract_violation(tmp_path: Path, kind: str) -> None:
+    _, source, (_, what), detail = next(case for case in VIOLATIONS if case[0] == kind)
+    report = check_plugin(plant(tmp_path, source), runtimes="isolated")
+    assert list(failed(report)) == [("contract", what)], render(report)
+    assert detail in failed(report)["contract", what], render(report)
+
+
+def test_a_plugin_that_hangs_fails_every_call_at_the_deadline(tmp_path: Path) -> None:
+    plugin = plant(tmp_path, HEADER + "def plugin_process(entry):\n    while True: pass\n")
+    config = Config()
+    config.plugins.python.timeout = 20
+    report = check_plugin(plugin, config, "inprocess", calls=5)
+    assert {what for where, what in failed(report)} >= {"60 generated entries", "unicode"}
+    assert failed(report)["inprocess", "unicode"] == "FAILED: did not answer in 20 ms"
