@@ -135,7 +135,7 @@ def check_plugin(
     config = config or Config()
     wanted = runtimes_for(path, runtimes) if isinstance(runtimes, str) else list(runtimes)
     report = Report(str(path))
-    name = name_of(path)
+    name = name_of(path.resolve())  # "." is a package directory too
     settings = config.plugins.settings.get(name, PluginSettings())
     try:
         plugin_settings = plugin_config(Candidate(name, path), config)
@@ -239,7 +239,7 @@ class _Trial:
         spec = None
         if self.runtime == "sandbox":
             spec = SandboxSpec(
-                work_dir=str(Path(self.scratch, "sandbox", name_of(self.path))),
+                work_dir=str(Path(self.scratch, "sandbox", name_of(self.path.resolve()))),
                 max_memory_mb=python.max_memory,
                 max_cpu_s=python.max_cpu_s,
                 max_processes=python.max_processes,
