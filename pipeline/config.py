@@ -343,6 +343,12 @@ def _check_values(config: Config) -> None:
             f"{config.source}: redis.partitions: at most {MAX_PARTITIONS}, got "
             f"{config.redis.partitions}"
         )
+    if config.redis.cluster and config.redis.partitions < 2:
+        # One partition's keys are in three slots: the filter stage's script would get CROSSSLOT.
+        raise ConfigError(
+            f"{config.source}: redis.cluster: needs redis.partitions of 2 or more (keys of one "
+            "partition share a hash slot; with 1 they keep the plain names, in different slots)"
+        )
     _check_tls(config)
     _check_lang(config)
     _check_aggregator(config)

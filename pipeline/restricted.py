@@ -23,9 +23,11 @@ from pipeline.errors import PluginLoadError
 ALLOWED_MODULES = frozenset(
     {
         "collections", "datetime", "functools", "hashlib", "itertools", "json", "math",
-        "random", "re", "statistics", "string", "time", "typing",
+        "random", "re", "statistics", "time",
     }
 )  # fmt: skip
+"""Not ``string`` (``Formatter`` reaches attributes RestrictedPython's guard never sees) nor
+``typing`` (``get_type_hints`` evaluates strings, unrestricted)."""
 
 IN_PLACE: Mapping[str, Callable[[Any, Any], Any]] = {
     "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
@@ -44,6 +46,19 @@ def guarded_import(
     if level != 0 or name.split(".")[0] not in ALLOWED_MODULES:
         raise ImportError(f"restricted mode: import of '{name}' is not allowed")
     return __import__(name, globals, locals, fromlist, level)
+
+
+def guarded_getattr(getattr_: Callable[..., Any]) -> Callable[..., Any]:
+    """RestrictedPython's attribute guard, and no way from an allowed module to another one:
+    ``statistics.sys`` (every module imports others) would hand the plugin ``sys.modules``."""
+
+    def guard(obj: Any, name: str, *default: Any) -> Any:
+        value = getattr_(obj, name, *default)
+        if isinstance(value, ModuleType) and value.__name__.split(".")[0] not in ALLOWED_MODULES:
+            raise AttributeError(f"restricted mode: module '{value.__name__}' is not allowed")
+        return value
+
+    return guard
 
 
 def in_place(op: str, target: Any, value: Any) -> Any:
@@ -86,7 +101,7 @@ def load_restricted_module(path: Path) -> ModuleType:
         __builtins__=builtins,
         __name__=module.__name__,
         __file__=str(path),
-        _getattr_=safer_getattr,
+        _getattr_=guarded_getattr(safer_getattr),
         _getitem_=default_guarded_getitem,
         _getiter_=default_guarded_getiter,
         _iter_unpack_sequence_=guarded_iter_unpack_sequence,

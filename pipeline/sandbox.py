@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import platform
 import pwd
@@ -43,6 +44,7 @@ import resource
 import stat
 import struct
 import sys
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,11 +115,14 @@ def enter(spec: SandboxSpec, plugin_path: Path, native: bool = False) -> list[st
     os.chdir(work_dir)
     report = [limit_resources(spec)]
     is_root = os.geteuid() == 0
-    if is_root:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-        report.append("network namespace")
-    else:
+    if not is_root:
         report.append("network namespace: off (not root)")
+    elif _libc.unshare(CLONE_NEWNET) == 0:
+        report.append("network namespace")
+    elif ctypes.get_errno() == errno.EPERM:  # root without CAP_SYS_ADMIN (a default container)
+        report.append("network namespace: off (no CAP_SYS_ADMIN)")
+    else:
+        _check(-1, "unshare(CLONE_NEWNET)")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     if is_root:
         report.append(drop_privileges(spec, [*runtime_paths(), plugin_path, work_dir], work_dir))
@@ -137,7 +142,9 @@ def enter(spec: SandboxSpec, plugin_path: Path, native: bool = False) -> list[st
 
 def limit_resources(spec: SandboxSpec) -> str:
     # RLIMIT_DATA, not RLIMIT_AS: it counts what the plugin can fill (heap, anonymous memory)
-    # and not the address space that shared libraries and thread stacks reserve.
+    # and not the address space shared libraries and malloc arenas reserve. Thread stacks do
+    # count (8 MB each for native threads): Python threads here get 1 MB ones.
+    threading.stack_size(MB)
     memory = spec.max_memory_mb * MB
     resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
     resource.setrlimit(resource.RLIMIT_NOFILE, (spec.max_open_files, spec.max_open_files))
@@ -187,7 +194,11 @@ def drop_privileges(spec: SandboxSpec, needed: list[Path], work_dir: Path) -> st
     if user is not None:
         blocker = unreachable(needed, user.pw_uid, user.pw_gid)
         if blocker is not None:
-            blocker = expose(needed, user.pw_uid, user.pw_gid)
+            try:
+                blocker = expose(needed, user.pw_uid, user.pw_gid)
+            except OSError as exc:  # no mount namespace for us (no CAP_SYS_ADMIN): keep uid 0
+                if exc.errno != errno.EPERM:
+                    raise
     if user is not None and blocker is None:
         os.chown(work_dir, user.pw_uid, user.pw_gid)
         os.setgroups([])
@@ -367,10 +378,13 @@ X86_64_DENIED = {
     "process_vm_readv": 310, "process_vm_writev": 311, "userfaultfd": 323,
     "open_by_handle_at": 304, "io_uring_setup": 425, "open_tree": 428, "move_mount": 429,
     "fsopen": 430, "fsmount": 432, "mount_setattr": 442, "personality": 135,
+    "pidfd_send_signal": 424, "pidfd_open": 434, "pidfd_getfd": 438, "tkill": 200,
 }  # fmt: skip
+X86_64_KILL = 62
+X86_64_TGKILL = 234
 
 
-def seccomp_program() -> bytes:
+def seccomp_program(pid: int) -> bytes:
     """A classic-BPF filter: other architectures killed, the denied calls EPERM, clone only
     for threads (clone3 ENOSYS, so libc falls back to clone, whose flags can be read)."""
 
@@ -395,6 +409,14 @@ def seccomp_program() -> bytes:
     ]
     for number in X86_64_DENIED.values():
         program += [op(BPF_JEQ_K, number, 0, 1), op(BPF_RET_K, deny)]
+    for number in (X86_64_KILL, X86_64_TGKILL):  # signals to this process only, not the worker
+        program += [
+            op(BPF_JEQ_K, number, 0, 4),
+            op(BPF_LD_W_ABS, 16),  # args[0]: the target pid (tgkill: the thread group)
+            op(BPF_JEQ_K, pid, 1, 0),
+            op(BPF_RET_K, deny),
+            op(BPF_RET_K, SECCOMP_RET_ALLOW),
+        ]
     program.append(op(BPF_RET_K, SECCOMP_RET_ALLOW))
     return b"".join(program)
 
@@ -402,11 +424,11 @@ def seccomp_program() -> bytes:
 def install_seccomp() -> str:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return f"seccomp: off (no syscall table for {platform.machine()})"
-    code = seccomp_program()
+    code = seccomp_program(os.getpid())
     filters = ctypes.create_string_buffer(code)
     fprog = struct.pack("HxxxxxxQ", len(code) // 8, ctypes.addressof(filters))
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fprog, 0, 0), "seccomp")
-    return "seccomp (no fork, exec, sockets, ptrace, mounts, namespaces)"
+    return "seccomp (no fork, exec, sockets, ptrace, mounts, namespaces, signals out)"
 
 
 # --- audit hooks ----------------------------------------------------------------------------
@@ -419,10 +441,11 @@ BLOCKED_EVENTS = frozenset(
         "os.kill", "os.killpg", "signal.pthread_kill",
     }
 )  # fmt: skip
+# Not resource.setrlimit: the host moves the CPU limit before each call from the same thread.
+# A plugin can raise its own CPU soft limit; the worker's wall-clock timeout still ends it,
+# which is why the rlimit is the second line there, not the first.
 CTYPES_EVENTS = frozenset({"ctypes.dlopen", "ctypes.dlsym", "ctypes.call_function"})
-"""Not resource.setrlimit: the host moves the CPU limit before each call from the same
-thread. A plugin can raise its own CPU soft limit; the worker's wall-clock timeout still ends
-it, which is why the rlimit is the second line there, not the first."""
+"""Left to a C plugin's host, which calls its library through ctypes."""
 PATH_EVENTS = frozenset(
     {
         "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",

@@ -367,6 +367,14 @@ def test_the_pipeline_spreads_over_a_three_master_cluster(
 def test_the_ai_stage_refuses_a_cluster(cluster: Cluster, tmp_path: Path) -> None:
     config = tmp_path / "logloom.yaml"
     config.write_text(yaml.safe_dump({"redis": {"url": cluster.url, "cluster": True}}))
+    one = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "--config", str(config), "status"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert one.returncode == 2 and "redis.cluster: needs redis.partitions of 2" in one.stderr
+    config.write_text(
+        yaml.safe_dump({"redis": {"url": cluster.url, "cluster": True, "partitions": 2}})
+    )
     ran = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--config", str(config), "worker", "--stage", "ai"],
         cwd=ROOT, capture_output=True, text=True, timeout=30,

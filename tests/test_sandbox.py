@@ -9,6 +9,8 @@ delivered or in the DLQ with its cause, and the worker must live through all of 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -198,6 +200,8 @@ int plugin_process(const log_entry_t *e) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
         if (fd < 0) return -1;
         close(fd);
+    } else if (!strcmp(e->message, "c signals the worker")) {
+        if (kill(getppid(), 0) != 0) return -1;
     } else if (!strcmp(e->message, "c allocates 2 GB")) {
         char *p = malloc(2UL << 30);
         if (!p) return -1;
@@ -223,7 +227,7 @@ def test_the_kernel_layers_hold_against_native_code(
     assert loaded is not None
     try:
         attacks = ["c writes outside", "c forks", "c runs a shell", "c connects to Redis",
-                   "c allocates 2 GB"]  # fmt: skip
+                   "c signals the worker", "c allocates 2 GB"]  # fmt: skip
         entries = [Entry(level="INFO", module="M", message=attack) for attack in attacks]
         results = loaded.call_batch([*entries, Entry(level="INFO", module="M", message="fine")])
         for attack, result in zip(attacks, results, strict=False):
@@ -293,6 +297,7 @@ ESCAPES = {  # name: (module top, function body)
     "subclass_walk": ("", "return ().__class__.__bases__[0].__subclasses__() is None"),
     "imports_os": ("import os\n", "return os.system('id') == 0"),
     "uses_open": ("", "return open('/etc/passwd').read() == ''"),
+    "module_walk": ("import statistics\n", "return statistics.sys.modules['os'].getcwd() == ''"),
 }
 
 
@@ -325,12 +330,15 @@ def test_restricted_mode_runs_plain_logic_and_refuses_the_ways_out(
     failures: list[str] = []
     loaded = load_plugins(config, failures=failures)
     try:
-        assert [plugin.name for plugin in loaded] == ["keyword_filter", "uses_open"]
+        assert [plugin.name for plugin in loaded] == ["keyword_filter", "uses_open", "module_walk"]
         entries = [Entry(level="INFO", module="M", message=m) for m in ("a secret", "fine", "")]
         assert loaded[0].call_batch(entries) == [False, True, False]
         assert loaded[0].plugin.runtime == "python-subprocess"
         (result,) = loaded[1].call_batch(entries[:1])
         assert isinstance(result, Failure) and "name 'open' is not defined" in result.error
+        (result,) = loaded[2].call_batch(entries[:1])
+        assert isinstance(result, Failure), "statistics.sys must not lead to sys.modules"
+        assert "restricted mode: module 'sys' is not allowed" in result.error
     finally:
         for plugin in loaded:
             plugin.shutdown()
@@ -340,3 +348,29 @@ def test_restricted_mode_runs_plain_logic_and_refuses_the_ways_out(
     attack_matrix.append(("restricted: walk __subclasses__", "refused at load (RestrictedPython)"))
     attack_matrix.append(("restricted: import os", "refused at load (RestrictedPython)"))
     attack_matrix.append(("restricted: open a file", "NameError; DLQ"))
+    attack_matrix.append(("restricted: statistics.sys.modules", "AttributeError; DLQ"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("capsh"), reason="needs root and capsh")
+def test_root_without_cap_sys_admin_keeps_the_other_layers(tmp_path: Path) -> None:
+    """A default container: root, but no CAP_SYS_ADMIN. No namespaces then; the plugin still
+    loads, in every other layer, and says which are off."""
+    plugin = tmp_path / "plain.py"
+    plugin.write_text(
+        "PLUGIN_INFO = {'name': 'plain', 'version': '1.0.0', 'type': 'filter'}\n"
+        "def plugin_init(config): return 0\n"
+        "def plugin_shutdown(): pass\n"
+        "def plugin_process(entry): return True\n"
+    )
+    spec = SandboxSpec(work_dir=str(tmp_path / "work"))
+    host = " ".join(shlex.quote(part) for part in host_command(plugin, spec).argv)
+    requests = b'{"op": "init", "config": {}}\n{"entry": {"message": "x"}}\n'
+    answer = subprocess.run(["capsh", "--drop=cap_sys_admin", "--", "-c", host],
+                            input=requests, capture_output=True, timeout=60)  # fmt: skip
+    init, result = (orjson.loads(line) for line in answer.stdout.splitlines())
+    assert result == {"status": 0, "result": True}, answer.stderr
+    assert "network namespace: off (no CAP_SYS_ADMIN)" in init["sandbox"]
+    assert any(
+        layer.startswith("user: uid 0 kept with no capabilities") for layer in init["sandbox"]
+    )
+    assert any(layer.startswith("seccomp (") for layer in init["sandbox"])

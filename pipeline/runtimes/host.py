@@ -258,17 +258,18 @@ def serve(
     errors: TextIO | None = None,
     sandbox_layers: Sequence[str] = (),
     before_request: Callable[[], None] | None = None,
+    restricted: bool = False,
 ) -> int:
     """Answer requests until ``shutdown`` or end of input; 0, or 2 if the plugin cannot load.
     ``errors`` takes the host's own lines; ``sandbox_layers`` is told in the ``init`` answer;
-    ``before_request`` runs before each (the sandbox's CPU allowance)."""
+    ``before_request`` runs before each (the sandbox's CPU allowance); ``restricted`` loads a
+    Python plugin with RestrictedPython."""
     errors = errors or sys.stderr
 
     def emit(line: bytes) -> None:
         answers.write(line)
         answers.flush()
 
-    restricted = any(layer.startswith("RestrictedPython") for layer in sandbox_layers)
     host = Host(path, emit, list(sandbox_layers), restricted)
     try:
         for line in requests:
@@ -336,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         def allow_cpu() -> None:
             sandbox.allow_cpu(spec.max_cpu_s)
 
-        return serve(path, sys.stdin.buffer, protocol, errors, layers, allow_cpu)
+        restricted = spec.restricted and not is_c_plugin(path)
+        return serve(path, sys.stdin.buffer, protocol, errors, layers, allow_cpu, restricted)
     finally:
         finish_output()
 
