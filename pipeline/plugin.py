@@ -41,7 +41,8 @@ class Failure:
     """One entry's failed plugin call; ``error`` is the one-line cause that goes to the DLQ.
 
     ``unavailable``: not the entry's fault but the far side's — a sink whose destination is
-    down (a Python sink raised ``ConnectionError`` or ``TimeoutError``). The sink stage holds
+    down (a Python sink raised ``ConnectionError`` or ``TimeoutError`` or answered -2, a C sink
+    ``LOGLOOM_UNAVAILABLE``, a plugin host ``"unavailable"``). The sink stage holds
     such entries and retries them until the destination is back, instead of dead-lettering."""
 
     error: str

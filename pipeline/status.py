@@ -95,13 +95,16 @@ def plugin_health(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     the worst worker's p50 and p99 over its last calls, the last error the newest reported."""
     totals: dict[str, dict[str, Any]] = {}
     for report in control.worker_reports(client, keys):
-        for one in report["plugins"]:
+        plugins = report.get("plugins") if isinstance(report, dict) else None
+        for one in plugins if isinstance(plugins, list) else []:
+            if not isinstance(one, dict) or not isinstance(one.get("name"), str):
+                continue  # a report from a worker of another version: skip what is not known
             total = totals.setdefault(
                 one["name"],
                 {
                     "plugin": one["name"],
                     "type": one.get("type"),
-                    "runtime": one["runtime"],
+                    "runtime": one.get("runtime", "?"),
                     "workers": 0,
                     "states": [],
                     "p50_ms": None,
@@ -110,11 +113,12 @@ def plugin_health(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
                 },
             )
             total["workers"] += 1
-            total["states"].append(one["state"])
+            total["states"].append(str(one.get("state", "?")))
             for counter in ("calls", "entries", "failures", "restarts"):
-                total[counter] = total.get(counter, 0) + one[counter]
+                value = one.get(counter, 0)
+                total[counter] = total.get(counter, 0) + (value if type(value) is int else 0)
             for quantile in ("p50_ms", "p99_ms"):
-                if one.get(quantile) is not None:
+                if isinstance(one.get(quantile), (int, float)):
                     total[quantile] = max(total[quantile] or 0.0, one[quantile])
             total["last_error"] = one.get("last_error") or total["last_error"]
             _add_stats(total.setdefault("stats", {}), one.get("stats") or {})

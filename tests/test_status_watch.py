@@ -51,3 +51,17 @@ def test_status_watch_refreshes_with_rates(
     assert in_rates[0] == "-", "no rate from a single sample"
     assert float(in_rates[-1]) > 0, "entries flow in: ~160/s produced"
     assert float(rows[-1].group(2)) > 0 if rows[-1] else False, "and out"
+
+
+def test_a_worker_report_of_another_version_does_not_break_status(client: redis.Redis) -> None:
+    from pipeline import status
+
+    keys = Keys()
+    client.set(keys.worker_report("old-1"), b'{"worker": "old-1", "plugins": [{"name": "a"}]}')
+    client.set(keys.worker_report("odd-2"), b'{"worker": "odd-2", "plugins": "nope"}')
+    client.set(keys.worker_report("new-3"), b'{"worker": "new-3", "plugins": [{"name": "a", '
+               b'"runtime": "python", "state": "ok", "calls": 4, "entries": 40, "failures": 1, '
+               b'"restarts": 0, "p99_ms": 2.5}]}')  # fmt: skip
+    (health,) = status.plugin_health(client, keys)
+    assert health["plugin"] == "a" and health["workers"] == 2
+    assert health["calls"] == 4 and health["entries"] == 40 and health["p99_ms"] == 2.5

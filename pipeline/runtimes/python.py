@@ -109,6 +109,16 @@ def _resolve_hook(resolve: Callable[..., Any]) -> Callable[[Entry], Any]:
     return lambda request: resolve(request.get("lang_key"))
 
 
+SINK_UNAVAILABLE = -2
+"""What a sink answers for an entry its destination could not take now (C: LOGLOOM_UNAVAILABLE):
+the stage holds it instead of spending an attempt (see :class:`~pipeline.plugin.Failure`)."""
+UNAVAILABLE_FAILURE = Failure(f"returned {SINK_UNAVAILABLE}: destination unavailable", True)
+
+
+def _sink_code(code: Any) -> Any:
+    return UNAVAILABLE_FAILURE if code == SINK_UNAVAILABLE and type(code) is int else code
+
+
 class PythonPlugin:
     """A plugin module adapted onto the Plugin protocol."""
 
@@ -177,9 +187,9 @@ class PythonPlugin:
             unavailable = isinstance(exc, UNAVAILABLE_ERRORS)
             return [Failure(describe_exception(exc), unavailable)] * len(entries)
         if isinstance(answer, int) and not isinstance(answer, bool):
-            return [answer] * len(entries)
+            return [_sink_code(answer)] * len(entries)
         if isinstance(answer, (list, tuple)) and len(answer) == len(entries):
-            return list(answer)
+            return [_sink_code(code) for code in answer]
         failure = Failure(f"flush() returned {answer!r}, expected an int or one int per entry")
         return [failure] * len(entries)
 

@@ -6,13 +6,12 @@ with the headers and auth of the config. Presets shape the body for Loki's push 
 
 What an answer means:
 
-* 2xx: delivered. For Elasticsearch the bulk answer is read item by item. When every refused
-  item was throttled (429) or failed on the server (5xx), the destination is unavailable: the
-  plugin raises ``ConnectionError`` and the whole batch is held and sent again (an item already
-  written is overwritten by its ``_id``). Otherwise each refused item fails its entry alone with
-  the item's status, a 429 or 5xx among them too: the stage retries those entries and, after
-  ``sink.retry.max_attempts``, dead-letters the ones still refused. (A Python sink answers one
-  int per entry, so it cannot mark single entries unavailable.)
+* 2xx: delivered. For Elasticsearch the bulk answer is read item by item: an item throttled
+  (429) or failed on the server (5xx) answers -2 for its entry (unavailable: the stage holds it
+  and sends it again; an item already written is overwritten by its ``_id``); an item refused
+  for good (a mapping error, 400) fails its entry alone with its status, and after
+  ``sink.retry.max_attempts`` that entry is dead-lettered. When every refused item is of the
+  first kind the plugin raises ``ConnectionError``, which says why in the log.
 * 429, 5xx, no answer, a refused connection or a timeout: the destination is unavailable. The
   plugin raises ``ConnectionError``, so the sink stage holds the entries and retries them with
   backoff until it is back (they are never dead-lettered for it); a ``Retry-After`` is honoured
@@ -59,6 +58,7 @@ settings = {
     "labels": {"job": "logloom"},  # loki: fixed labels; level and module are added per stream
 }
 state = {"connection": None, "not_before": 0.0}
+UNAVAILABLE = -2  # an entry the destination cannot take now: the sink stage holds it
 FORMATS = ("ndjson", "json_array", "loki", "elasticsearch")
 CONTENT_TYPES = {
     "ndjson": "application/x-ndjson",
@@ -227,7 +227,8 @@ def _bulk_results(answer, count):
     failed = [status for status in statuses if not 200 <= status < 300]
     if failed and all(status == 429 or status >= 500 for status in failed):
         raise ConnectionError(f"Elasticsearch refused {len(failed)} items for now ({failed[0]})")
-    return [0 if 200 <= status < 300 else status for status in statuses]
+    return [0 if 200 <= status < 300 else UNAVAILABLE if status == 429 or status >= 500 else status
+            for status in statuses]  # fmt: skip
 
 
 def plugin_shutdown():
