@@ -84,9 +84,13 @@ class ChildLink:
 
     def open(self, config: dict[str, Any]) -> PluginInfo:
         info = self.start()
+        self.initialise(config)
+        return info
+
+    def initialise(self, config: dict[str, Any]) -> None:
+        """Hand the started plugin its config (``init``); note the sandbox the host is in."""
         answer = self.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
         self.sandbox_layers = list(answer.get("sandbox") or [])
-        return info
 
     def start(self) -> PluginInfo:
         """Start the child and ask who it is, without initialising the plugin."""
@@ -237,11 +241,10 @@ def load_in_child(
             return None
         if info.type == "lang" and lang_config is not None:
             config = lang_config
-        answer = link.request({"op": "init", "config": config}, time.monotonic() + START_TIMEOUT_S)
+        link.initialise(config)
     except LinkError as exc:
         link.close()
         raise PluginLoadError(str(exc).removeprefix("info failed: cannot load plugin: ")) from None
-    link.sandbox_layers = list(answer.get("sandbox") or [])
     if link.sandbox_layers:
         log.info("Plugin '%s' sandboxed: %s", info.name, "; ".join(link.sandbox_layers))
     return RemotePlugin(link, info, label, runtime, config, timeout_ms)

@@ -61,14 +61,16 @@ def module_info(module: ModuleType, origin: str) -> PluginInfo:
     return validate_info(raw, origin)
 
 
-def _takes_argument(function: Callable[..., Any]) -> bool:
+def _positional_parameters(function: Callable[..., Any], unknown: int) -> int:
+    """How many positional arguments ``function`` takes (``*args``: any number); ``unknown``
+    where its signature cannot be read (some builtins)."""
     try:
         parameters = inspect.signature(function).parameters.values()
     except (TypeError, ValueError):
-        return False
-    return any(
-        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters
-    )
+        return unknown
+    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
+        return sys.maxsize
+    return sum(1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
 def _initialise(module: ModuleType, config: Mapping[str, Any]) -> None:
@@ -79,7 +81,7 @@ def _initialise(module: ModuleType, config: Mapping[str, Any]) -> None:
     plugins (design §5.5.9) take their YAML unchanged.
     """
     init = module.plugin_init
-    takes_config = _takes_argument(init)
+    takes_config = _positional_parameters(init, unknown=0) >= 1
     if not takes_config and isinstance(getattr(module, "config", None), dict):
         module.config.update(config)
     try:
@@ -90,21 +92,11 @@ def _initialise(module: ModuleType, config: Mapping[str, Any]) -> None:
         raise PluginLoadError(f"plugin_init() returned {status!r}, expected 0")
 
 
-def _positional_parameters(function: Callable[..., Any]) -> int:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return 1
-    if any(p.kind == p.VAR_POSITIONAL for p in parameters):
-        return 2
-    return sum(1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-
-
 def _resolve_hook(resolve: Callable[..., Any]) -> Callable[[Entry], Any]:
     """A lang plugin's ``resolve(lang_key, locale=None)`` called with a lang request
     (``{"lang_key", "locale"}``). A ``resolve(lang_key)`` without a locale (design §3.1) has one
     text for every locale."""
-    if _positional_parameters(resolve) >= 2:
+    if _positional_parameters(resolve, unknown=1) >= 2:
         return lambda request: resolve(request.get("lang_key"), request.get("locale"))
     return lambda request: resolve(request.get("lang_key"))
 
