@@ -178,11 +178,11 @@ def test_create_plugin_command(tmp_path: Path, capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("kind", "name", "lang", "error"),
     [
-        ("filter", "my_filter", "python", "a filter plugin's name starts with 'filter_'"),
-        ("sink", "filter_x", "python", "a sink plugin's name starts with 'sink_'"),
-        ("lang", "lang_", "python", "starts with 'lang_'"),
+        ("filter", "my_plugin", "python", "a filter plugin's name has 'filter' as a word"),
+        ("sink", "filter_x", "python", "a sink plugin's name has 'sink' as a word"),
+        ("lang", "lang_", "python", "has 'lang' as a word"),
         ("ai", "ai_Summary", "python", "lower-case letters, digits and '_' only"),
-        ("ai", "ai-summary", "service", "starts with 'ai_'"),
+        ("ai", "ai-summary", "service", "has 'ai' as a word"),
         ("filter", "filter_x/../y", "python", "lower-case letters"),
         ("ai", "ai_native", "c", "the C ABI answers an int per entry"),
     ],

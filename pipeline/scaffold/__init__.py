@@ -145,14 +145,16 @@ USE = {
 
 
 def check_name(kind: str, name: str) -> None:
-    """Design §9.2: ``filter_*``, ``sink_*``, ``ai_*``, ``lang_*``; a plain lower-case
-    identifier, so it is also the module, library and entry-point name."""
+    """Design §9.2: the type in the name — ``filter_*`` as §9.2 writes it, and as a word
+    elsewhere too, so ``my_filter`` (design §5.5.8's own example) and ``log_filter_severity``
+    (a bundled one) pass; a plain lower-case identifier, so it is also the module, library
+    and entry-point name."""
     prefix = NAME_PREFIXES[kind]
-    if not name.startswith(prefix) or name == prefix:
-        stem = name.removesuffix(f"_{kind}") or "mine"
+    if name == prefix or kind not in name.split("_") or name.split("_") == [kind]:
+        stem = name.removesuffix(f"_{kind}").removeprefix(prefix) or "mine"
         raise ScaffoldError(
-            f"plugin name {name!r}: a {kind} plugin's name starts with '{prefix}' "
-            f"(design §9.2), e.g. '{prefix}{stem}'"
+            f"plugin name {name!r}: a {kind} plugin's name has '{kind}' as a word, best as "
+            f"its prefix (design §9.2), e.g. '{prefix}{stem}'"
         )
     if not NAME.fullmatch(name) or len(name) > MAX_NAME:
         raise ScaffoldError(
