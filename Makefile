@@ -38,5 +38,8 @@ plugins/c/liblog_exporter_kafka.so: plugins/c/sink_kafka.c plugins/c/config_json
 test-plugins: $(BIN)/.installed
 	$(BIN)/pytest -m plugins
 
+# Throughput ratios, then latency (30 s) and memory with a slow sink (2 min): README "Performance".
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.latency
+	$(BIN)/python -m benchmarks.memory

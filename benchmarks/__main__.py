@@ -11,15 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ from benchmarks.figures import (
     sink_stage,
 )
 from benchmarks.lang import CPU_SECONDS, lang_off, lang_on
+from benchmarks.machine import machine_facts, print_facts
 from pipeline.entry import decode
 from workers.demo import realistic_entries
 
@@ -109,19 +107,6 @@ def make_workload(count: int) -> Workload:
     return Workload(payloads, forwarded, kept)
 
 
-def machine_facts(client: redis.Redis) -> dict[str, Any]:
-    return {
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "redis": client.info("server")["redis_version"],
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "redis-py": metadata.version("redis"),
-        "redis-py parser": "hiredis" if redis.utils.HIREDIS_AVAILABLE else "pure Python",
-        "hiredis": metadata.version("hiredis"),
-        "orjson": metadata.version("orjson"),
-    }
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = make_workload(args.entries)
     sizes = [len(payload) for payload in workload.payloads]
@@ -130,8 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with redis_server(workdir) as (host, port):
             client = redis.Redis(host=host, port=port)
             facts = machine_facts(client)
-            for name, value in facts.items():
-                print(f"{name + ':':17} {value}")
+            print_facts(facts)
             print(
                 f"{'workload:':17} {workload.count} entries, {workload.kept} not DEBUG "
                 f"({workload.kept / workload.count:.0%} kept), "

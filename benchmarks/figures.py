@@ -119,6 +119,8 @@ def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
         yield "127.0.0.1", port
     finally:
         stop_process(process)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
