@@ -631,7 +631,10 @@ def read_entries(path: Path, kind: str, max_entry_bytes: int) -> Iterator[tuple[
                 stream_id = f"{int(time.time() * 1000)}-{number}".encode()
                 entry, _ = decode(stream_id, {b"entry": raw}, max_entry_bytes)
             except (MalformedEntry, orjson.JSONDecodeError) as exc:
-                yield number, f"rejected at ingest: {exc}"
+                yield (
+                    number,
+                    f"{'not a request' if kind == 'lang' else 'rejected at ingest'}: {exc}",
+                )
                 continue
             yield number, entry
 
