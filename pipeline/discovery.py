@@ -174,6 +174,7 @@ def sandbox_spec(
         max_processes=python.max_processes,
         user=python.sandbox_user,
         restricted=restricted,
+        read_paths=(str(Path(config.lang.packs_dir).resolve()),),
     )
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -61,9 +62,10 @@ def fallback_chain(locale: str, default: str, fallback: Mapping[str, Sequence[st
 
 
 def plugin_defaults(lang: LangConfig) -> dict[str, Any]:
-    """What every lang plugin finds in its config unless its own sets it."""
+    """What every lang plugin finds in its config unless its own sets it. The pack directory
+    is made absolute here, from the worker's directory: a sandboxed host runs in its own."""
     return {
-        "packs_dir": lang.packs_dir,
+        "packs_dir": str(Path(lang.packs_dir).resolve()),
         "locales": list(lang.locales),
         "default_locale": lang.default,
     }

@@ -65,6 +65,9 @@ class SandboxSpec:
     max_file_mb: int = 64
     user: str = "nobody"
     restricted: bool = False
+    read_paths: tuple[str, ...] = ()
+    """Beyond the runtime and the plugin, what the plugin must still read as ``user`` (the lang
+    packs): made reachable like the runtime when a directory above is closed to it."""
 
     def to_json(self) -> str:
         import json
@@ -75,7 +78,9 @@ class SandboxSpec:
     def from_json(cls, text: str) -> SandboxSpec:
         import json
 
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        fields["read_paths"] = tuple(fields.get("read_paths", ()))
+        return cls(**fields)
 
 
 class SandboxBlocked(PermissionError):
@@ -125,7 +130,9 @@ def enter(spec: SandboxSpec, plugin_path: Path, native: bool = False) -> list[st
         _check(-1, "unshare(CLONE_NEWNET)")
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     if is_root:
-        report.append(drop_privileges(spec, [*runtime_paths(), plugin_path, work_dir], work_dir))
+        extra = [Path(path) for path in spec.read_paths if Path(path).exists()]
+        needed = [*runtime_paths(), plugin_path, work_dir, *extra]
+        report.append(drop_privileges(spec, needed, work_dir))
     report.append(restrict_filesystem(work_dir))
     report.append(install_seccomp())
     sys.addaudithook(

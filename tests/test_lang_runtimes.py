@@ -143,6 +143,32 @@ def test_lang_hot_reload_in_process_and_in_a_plugin_host(tmp_path: Path, mode: s
         plugin.shutdown()
 
 
+def test_a_sandboxed_lang_plugin_finds_packs_given_relative_to_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sandboxed host runs in its own work directory: lang.packs_dir, relative to the
+    worker's, must reach the plugin as the same directory."""
+    write_packs(tmp_path / "lang")
+    monkeypatch.chdir(tmp_path)
+    config = parse_config(
+        {
+            "plugins": {
+                "enabled": ["lang_hot_reload"],
+                "settings": {"lang_hot_reload": {"sandbox": True}},
+                "python": {"work_dir": str(tmp_path / "work")},
+            },
+            "lang": {**LANG, "packs_dir": "lang"},
+        }
+    )
+    failures: list[str] = []
+    (plugin,) = load_plugins(config, types=["lang"], failures=failures)
+    try:
+        assert not failures, failures
+        assert resolved(plugin) == EXPECTED
+    finally:
+        plugin.shutdown()
+
+
 def test_plugins_run_answers_lang_requests_over_the_protocol(tmp_path: Path) -> None:
     packs = write_packs(tmp_path / "lang")
     requests = [
