@@ -23,6 +23,15 @@ from typing import Any
 import orjson
 import redis
 
+from benchmarks.e2e import (
+    CPU,
+    ensure_rsyslog,
+    logloom_pipeline,
+    logloom_pipeline_bare_producer,
+    logloom_pipeline_two_filters,
+    rsyslog_pipeline,
+    rsyslog_version,
+)
 from benchmarks.figures import (
     Bench,
     BenchmarkError,
@@ -58,6 +67,15 @@ FIGURES = [
     Figure("sink_stage", "logloom sink stage (sink_jsonl)", sink_stage, "raw_sink"),
     Figure("lang_off", "filter worker, lang off", lang_off, "lang_off"),
     Figure("lang_on", "filter worker, lang on (en, zh)", lang_on, "lang_off"),
+    Figure("rsyslog", "rsyslog imfile→mmjsonparse→omfile", rsyslog_pipeline, "rsyslog"),
+    Figure("e2e", "logloom e2e, 1 filter + 1 sink", logloom_pipeline, "rsyslog"),
+    Figure("e2e_2f", "logloom e2e, 2 filter + 1 sink", logloom_pipeline_two_filters, "rsyslog"),
+    Figure(
+        "e2e_bare",
+        "logloom e2e, 2 + 1, bare producer",
+        logloom_pipeline_bare_producer,
+        "rsyslog",
+    ),
 ]
 
 EXTRA_RATIOS = [
@@ -107,14 +125,27 @@ def make_workload(count: int) -> Workload:
     return Workload(payloads, forwarded, kept)
 
 
+def need_rsyslog(args: argparse.Namespace) -> dict[str, str]:
+    """Install rsyslog if a chosen figure compares with it; if it cannot be had, drop those
+    figures and say why. The facts to print: its version, or why it was skipped."""
+    if not any(figure.baseline == "rsyslog" for figure in args.figures):
+        return {}
+    rsyslogd, why = ensure_rsyslog()
+    if rsyslogd is None:
+        args.figures = [figure for figure in args.figures if figure.baseline != "rsyslog"]
+        return {"rsyslog": f"SKIPPED the end-to-end figures: {why}"}
+    return {"rsyslog": rsyslog_version(rsyslogd)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = make_workload(args.entries)
+    rsyslog = need_rsyslog(args)
     sizes = [len(payload) for payload in workload.payloads]
     with tempfile.TemporaryDirectory(prefix="logloom-bench-") as tmp:
         workdir = Path(tmp)
         with redis_server(workdir) as (host, port):
             client = redis.Redis(host=host, port=port)
-            facts = machine_facts(client)
+            facts = machine_facts(client) | rsyslog
             print_facts(facts)
             print(
                 f"{'workload:':17} {workload.count} entries, {workload.kept} not DEBUG "
@@ -159,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if figure in medians and baseline in medians
         },
         **lang_cpu(),
+        **({"e2e_cpu_seconds": CPU} if any(CPU.values()) else {}),
     }
 
 
@@ -191,6 +223,10 @@ def print_table(results: dict[str, Any]) -> None:
     if "filter_worker_vs_bare_hiredis" in results:
         ratio = results["filter_worker_vs_bare_hiredis"]
         print(f"logloom filter worker / bare hiredis loop: {ratio:.2f}")
+    for row in results["figures"]:
+        if row["baseline"] == "rsyslog" and row["key"] != "rsyslog":
+            print(f"{row['figure']} / rsyslog: {row['ratio_vs_baseline']:.2f} (aim: 0.50)")
+    print_e2e_cpu(results)
     if "lang_on_vs_off" in results:
         print(f"filter worker, lang on / lang off: {results['lang_on_vs_off']:.2f} (aim: 0.80)")
     if "lang_on_vs_off_cpu" in results:
@@ -200,6 +236,28 @@ def print_table(results: dict[str, Any]) -> None:
             f"(median {statistics.median(cpu['lang_off']):.2f} s off, "
             f"{statistics.median(cpu['lang_on']):.2f} s on)"
         )
+
+
+def print_e2e_cpu(results: dict[str, Any]) -> None:
+    """Where the cores went in the end-to-end figures: median CPU µs per entry by process."""
+    runs = results.get("e2e_cpu_seconds", {})
+    for key, label in (
+        ("rsyslog", "rsyslog"),
+        ("e2e", "1 filter + 1 sink"),
+        ("e2e_2f", "2 + 1"),
+        ("e2e_bare", "2 + 1, bare producer"),
+    ):
+        if not runs.get(key):
+            continue
+        names = list(runs[key][0])
+        parts = []
+        for name in names:
+            value = statistics.median(run[name] for run in runs[key])
+            if name == "producer wall":
+                parts.append(f"producer done after {value:.2f} s")
+            else:
+                parts.append(f"{name} {value / results['entries'] * 1e6:.1f}")
+        print(f"  CPU µs per entry, {label}: " + ", ".join(parts))
 
 
 def main(argv: list[str] | None = None) -> int:
