@@ -9,7 +9,6 @@ output is wrong.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -34,13 +33,13 @@ from benchmarks.e2e import (
 )
 from benchmarks.figures import (
     Bench,
-    BenchmarkError,
     Workload,
     filter_worker,
     hiredis_filter_loop,
     raw_filter_loop,
     raw_sink_loop,
     redis_server,
+    run_and_report,
     sink_stage,
 )
 from benchmarks.lang import CPU_SECONDS, lang_off, lang_on
@@ -263,16 +262,7 @@ def print_e2e_cpu(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        results = run(args)
-    except BenchmarkError as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    print_table(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    return 0
+    return run_and_report(args, run, print_table)
 
 
 if __name__ == "__main__":

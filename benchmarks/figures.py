@@ -8,9 +8,11 @@ It returns the seconds the processing took.
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -411,3 +413,20 @@ def sink_stage(bench: Bench, workload: Workload) -> float:
     check_lines(path, workload, "logloom sink stage (sink_jsonl)")
     client.close()
     return elapsed
+
+
+def run_and_report(
+    args: Any, run: Callable[[Any], dict[str, Any]], report: Callable[[dict[str, Any]], None]
+) -> int:
+    """A benchmark command's end: run it, print its figures, write ``--json``; the exit code
+    (1 when a figure failed its own checks)."""
+    try:
+        results = run(args)
+    except BenchmarkError as exc:
+        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
+        return 1
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0

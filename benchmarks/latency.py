@@ -11,7 +11,6 @@ the offered against the achieved rate. Exits 1 if an entry is missing or a worke
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.figures import BenchmarkError, redis_server
+from benchmarks.figures import BenchmarkError, redis_server, run_and_report
 from benchmarks.live import Workers, make_bodies, offer, pipeline_config, running_workers
 from benchmarks.machine import machine_facts, print_facts
 
@@ -164,16 +163,7 @@ def print_results(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        results = run(args)
-    except BenchmarkError as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    print_results(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    return 0
+    return run_and_report(args, run, print_results)
 
 
 if __name__ == "__main__":

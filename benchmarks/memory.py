@@ -12,7 +12,6 @@ seconds. Exits 1 if a worker's RSS grew more than FLAT_LIMIT_MIB after warm-up, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import redis
 
-from benchmarks.figures import BenchmarkError, group_info, redis_server
+from benchmarks.figures import group_info, redis_server, run_and_report
 from benchmarks.live import SINK, RssSampler, make_bodies, offer, pipeline_config, running_workers
 from benchmarks.machine import machine_facts, print_facts
 
@@ -142,16 +141,13 @@ def print_results(results: dict[str, Any], warm_up_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        results = run(args)
-    except BenchmarkError as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    print_results(results, args.warm_up)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    return 0 if results["flat"] else 1
+    flat: list[bool] = []
+
+    def report(results: dict[str, Any]) -> None:
+        print_results(results, args.warm_up)
+        flat.append(results["flat"])
+
+    return run_and_report(args, run, report) or (0 if all(flat) else 1)
 
 
 if __name__ == "__main__":
