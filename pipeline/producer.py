@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import orjson
 import redis
+from hiredis import pack_command
 
 from pipeline.config import Config
 from pipeline.entry import ENTRY_FIELD
@@ -107,15 +108,47 @@ class Producer:
             return
         filled = [index for index, buffer in enumerate(self._buffers) if buffer]
         self._wait_for_room([self.streams[index] for index in filled])
-        pipe = self.client.pipeline(transaction=False)
-        for index in filled:
-            for payload in self._buffers[index]:
-                pipe.xadd(self.streams[index], {ENTRY_FIELD: payload})
-        pipe.execute()
+        commands = [
+            (self.streams[index].encode(), payload)
+            for index in filled
+            for payload in self._buffers[index]
+        ]
+        if isinstance(self.client, redis.Redis):
+            self._send_packed(commands)
+        else:  # a cluster client routes each command to its node
+            pipe = self.client.pipeline(transaction=False)
+            for stream, payload in commands:
+                pipe.xadd(stream, {ENTRY_FIELD: payload})
+            pipe.execute()
         self.sent += self._buffered
         for index in filled:
             self._buffers[index].clear()
         self._buffered = 0
+
+    def _send_packed(self, commands: list[tuple[bytes, bytes]]) -> None:
+        """The XADDs in one round trip, packed by hiredis and their replies read straight off a
+        connection: 1.5 µs of CPU an entry instead of redis-py's pipeline's 6.3 (measured), most
+        of what producing costs. A refused XADD raises once every reply is read."""
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        refused: redis.ResponseError | None = None
+        try:
+            # hiredis's stub types the command as a 1-tuple; any tuple of bytes is what it packs.
+            packed = [pack_command((b"XADD", stream, b"*", ENTRY_FIELD, payload))  # type: ignore[arg-type]
+                      for stream, payload in commands]  # fmt: skip
+            connection.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]
+            for _ in commands:
+                try:
+                    connection.read_response()
+                except redis.ResponseError as exc:
+                    refused = refused or exc
+        except BaseException:
+            connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be unread
+            raise
+        finally:
+            pool.release(connection)
+        if refused is not None:
+            raise refused
 
     def _fullest(self, streams: list[str]) -> tuple[str, int]:
         if len(streams) == 1:

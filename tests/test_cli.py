@@ -122,3 +122,21 @@ def test_producer_fails_loudly_or_waits_when_ingest_is_full(client: redis.Redis)
     waiting.send_many([{"message": "later"}] * 5)
     assert time.monotonic() - started >= 0.4
     assert client.xlen(KEYS.ingest) == 5
+
+
+def test_producer_batches_arrive_whole_in_order_and_a_refusal_is_raised(
+    client: redis.Redis,
+) -> None:
+    """The producer's packed XADDs: every entry once, in order, the bytes as given; a refused
+    XADD (the key is not a stream) raises after the batch, and the client still works."""
+    producer = Producer(client, KEYS, batch=300)
+    sent = [orjson.dumps({"message": f"m{n}", "n": n}) for n in range(1000)]
+    assert producer.send_many(sent) == 1000
+    stored = [fields[b"entry"] for _, fields in client.xrange(KEYS.ingest)]
+    assert stored == sent
+    client.delete(KEYS.ingest)
+    client.set(KEYS.ingest, "not a stream")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        Producer(client, KEYS, batch=10).send_many([{"message": "x"}] * 3)
+    assert client.get(KEYS.ingest) == b"not a stream"
+    assert client.ping(), "the connection after a refusal is a clean one"
