@@ -195,7 +195,7 @@ class SinkStage:
                 held = True
                 self._outage(failed[0][1], len(failed))
             if held:
-                self._while_held(batch)
+                self._while_held([one for one, _ in failed])
             if attempt == 1 and not held and self.plugin.state != "open":
                 log.warning(
                     "Sink '%s': flush of %d entries failed: %s; retrying up to %d times",
