@@ -178,14 +178,14 @@ def test_status_endpoint_shows_streams_groups_consumers_plugins_and_rates(
     workers.start(config, "filter")
     workers.start(config, "sink")
     dashboard = start_dashboard(config)
-    wait_for(
-        lambda: (
-            len(by_name(dashboard.status()["plugins"], "plugin", "sink_jsonl")["states"]) == 1
-            and len(dashboard.status()["plugins"]) == 2
-        ),
-        20,
-        "both workers' plugin reports",
-    )
+
+    def both_reported() -> bool:
+        names = {row["plugin"]: row for row in dashboard.status()["plugins"]}
+        return set(names) == {"log_filter_severity", "sink_jsonl"} and (
+            len(names["sink_jsonl"]["states"]) == 1
+        )
+
+    wait_for(both_reported, 20, "both workers' plugin reports")  # the sink's may come second
     produce(client, 0, 600)
 
     seen: dict[str, float] = {}
@@ -194,12 +194,15 @@ def test_status_endpoint_shows_streams_groups_consumers_plugins_and_rates(
         data = dashboard.status()
         ingest = by_name(data["streams"], "stream", KEYS.ingest)
         filtered = by_name(data["streams"], "stream", KEYS.filtered)
-        figures = {
-            "ingest in": ingest["in_per_s"],
-            "filter out": by_name(ingest["groups"], "group", "filter")["out_per_s"],
-            "filtered in": filtered["in_per_s"],
-            "sink out": by_name(filtered["groups"], "group", "sink:sink_jsonl")["out_per_s"],
-        }
+        try:
+            figures = {
+                "ingest in": ingest["in_per_s"],
+                "filter out": by_name(ingest["groups"], "group", "filter")["out_per_s"],
+                "filtered in": filtered["in_per_s"],
+                "sink out": by_name(filtered["groups"], "group", "sink:sink_jsonl")["out_per_s"],
+            }
+        except StopIteration:  # a group not listed yet
+            return False
         for name, value in figures.items():
             seen[name] = max(seen.get(name, 0.0), value or 0.0)
         return all(seen.get(name, 0) > 0 for name in figures)
