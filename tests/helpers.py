@@ -69,6 +69,14 @@ def start_redis_server(
     return process, url
 
 
+QUICK_RETRYING_SINK = {
+    "flush_interval_ms": 100,
+    "batch_size": 500,
+    "retry": {"max_attempts": 3, "backoff_initial_ms": 50, "backoff_max_ms": 300},
+}
+"""The ``sink`` section of the far-side-goes-away tests: batches of 500, retries in milliseconds."""
+
+
 def produce_requests(client: redis.Redis, start: int, count: int, prefix: str = "logloom") -> None:
     """``count`` INFO entries ``request <seq>`` from module ``api``, each with its ``seq``, in one
     pipelined round trip: what the sink tests send through and look for on the far side."""

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from helpers import free_port, produce_requests, wait_for
+from helpers import QUICK_RETRYING_SINK, free_port, produce_requests, wait_for
 from plugin_kit import ROOT
 
 from pipeline.entry import Entry, with_stream_id
@@ -201,20 +201,16 @@ def test_ten_thousand_entries_through_a_server_that_goes_away(
             "enabled": ["sink_http"],
             "config": {"sink_http": {"url": f"http://127.0.0.1:{collector.port}/x", "gzip": True}},
         },
-        sink={"flush_interval_ms": 100, "batch_size": 500,
-              "retry": {"max_attempts": 3, "backoff_initial_ms": 50, "backoff_max_ms": 300}},
-    )  # fmt: skip
+        sink=QUICK_RETRYING_SINK,
+    )
     keys = Keys()
-
-    def produce(start: int, count: int) -> None:
-        produce_requests(client, start, count)
 
     workers.start(config, "filter")
     worker = workers.start(config, "sink")
-    produce(0, 4000)
+    produce_requests(client, 0, 4000)
     wait_for(lambda: len(collector.delivered()) >= 1000, 60, "the first batches")
     collector.stop()
-    produce(4000, 6000)
+    produce_requests(client, 4000, 6000)
     wait_for(lambda: client.xpending(keys.filtered, "sink:sink_http")["pending"] > 0, 30)
     time.sleep(1.0)  # down for a while: several retries fail meanwhile
     collector.start()  # the same port

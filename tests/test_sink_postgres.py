@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from helpers import free_port, produce_requests, wait_for
+from helpers import QUICK_RETRYING_SINK, free_port, produce_requests, wait_for
 from plugin_kit import LOGLOOM, ROOT
 
 from pipeline.entry import Entry, with_json, with_stream_id
@@ -173,20 +173,16 @@ def test_ten_thousand_entries_survive_a_database_restart(
             "enabled": ["sink_postgres"],
             "config": {"sink_postgres": {"dsn": postgres.dsn, "table": "flow"}},
         },
-        sink={"flush_interval_ms": 100, "batch_size": 500,
-              "retry": {"max_attempts": 3, "backoff_initial_ms": 50, "backoff_max_ms": 300}},
-    )  # fmt: skip
+        sink=QUICK_RETRYING_SINK,
+    )
     keys = Keys()
-
-    def produce(start: int, count: int) -> None:
-        produce_requests(client, start, count)
 
     workers.start(config, "filter")
     sink = workers.start(config, "sink")
-    produce(0, 4000)
+    produce_requests(client, 0, 4000)
     wait_for(lambda: len(postgres.rows("flow")) >= 1000, 60, "the first rows")
     postgres.stop()
-    produce(4000, 6000)
+    produce_requests(client, 4000, 6000)
 
     def backlog() -> int:
         command = [*LOGLOOM, "--config", str(config), "status", "--json"]
