@@ -70,45 +70,6 @@ static const char *skip_value(const char *p)
     return skip_literal(p);
 }
 
-/* Points *value at the value of the top-level member `key` of the object `json`, or sets it to
- * NULL when there is none; the last of duplicate keys wins, as with Python's json. Keys are
- * compared as written, so an escaped spelling of `key` is not recognised. Returns -1 when json
- * is not an object. */
-static int find_member(const char *json, const char *key, const char **value)
-{
-    size_t key_len = strlen(key);
-    const char *p;
-
-    *value = NULL;
-    if (json == NULL)
-        return -1;
-    p = skip_ws(json);
-    if (*p != '{')
-        return -1;
-    p = skip_ws(p + 1);
-    if (*p == '}')
-        return 0;
-    for (;;) {
-        const char *name = p + 1, *name_end;
-        if (*p != '"' || (name_end = skip_string(p)) == NULL)
-            return -1;
-        p = skip_ws(name_end);
-        if (*p != ':')
-            return -1;
-        p = skip_ws(p + 1);
-        if ((size_t)(name_end - 1 - name) == key_len && memcmp(name, key, key_len) == 0)
-            *value = p;
-        if ((p = skip_value(p)) == NULL)
-            return -1;
-        p = skip_ws(p);
-        if (*p == '}')
-            return 0;
-        if (*p != ',')
-            return -1;
-        p = skip_ws(p + 1);
-    }
-}
-
 /* Calls visit(name, name_len, value, ctx) for each member of the object `json`, in order, with
  * name pointing at the key as written (no escapes decoded, not NUL-terminated) and value at its
  * value; stops at the first visit that returns non-zero and returns that. -1 when json is not
@@ -145,6 +106,31 @@ static inline int for_each_member(const char *json,
             return -1;
         p = skip_ws(p + 1);
     }
+}
+
+struct wanted_member {
+    const char *key;
+    size_t key_len;
+    const char **value;
+};
+
+static int note_wanted_member(const char *name, size_t name_len, const char *value, void *ctx)
+{
+    struct wanted_member *wanted = ctx;
+    if (name_len == wanted->key_len && memcmp(name, wanted->key, name_len) == 0)
+        *wanted->value = value; /* and go on: the last of duplicate keys wins */
+    return 0;
+}
+
+/* Points *value at the value of the top-level member `key` of the object `json`, or sets it to
+ * NULL when there is none; the last of duplicate keys wins, as with Python's json. Keys are
+ * compared as written, so an escaped spelling of `key` is not recognised. Returns -1 when json
+ * is not an object. */
+static int find_member(const char *json, const char *key, const char **value)
+{
+    struct wanted_member wanted = {key, strlen(key), value};
+    *value = NULL;
+    return for_each_member(json, note_wanted_member, &wanted) < 0 ? -1 : 0;
 }
 
 /* Four hex digits of a \u escape; -1 if they are not. */
