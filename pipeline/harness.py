@@ -32,6 +32,7 @@ from pipeline.discovery import Candidate, name_of, plugin_config, timeout_ms
 from pipeline.entry import Entry, decode
 from pipeline.errors import MalformedEntry, PluginLoadError
 from pipeline.lang import plugin_defaults
+from pipeline.manifest import NAME_PREFIXES
 from pipeline.plugin import Failure, Plugin, PluginInfo, describe_exception
 from pipeline.runtimes import c as c_runtime
 from pipeline.runtimes import is_plugin_file, open_plugin_file
@@ -47,8 +48,6 @@ LATENCY_WALL_S = 5.0
 MAX_GROWTH_MB = 8.0
 """More resident memory than this after the calls, over what there was after a warm-up, is a
 leak: a plugin that keeps a bounded cache stays under it."""
-PREFIXES = {"filter": "filter_", "sink": "sink_", "ai": "ai_", "lang": "lang_"}
-"""The name prefix of each type (design §9.2): a convention, reported as a note."""
 
 
 class UsageError(ValueError):
@@ -276,9 +275,9 @@ class _Trial:
             Check("contract", "version is SemVer", True, info.version),
             Check("contract", "required functions", True, _hooks(self.path, info)),
         ]
-        if not info.name.startswith(PREFIXES[info.type]):
+        if not info.name.startswith(NAME_PREFIXES[info.type]):
             report.notes.append(
-                f"name {info.name!r}: {info.type} plugins are named {PREFIXES[info.type]}* "
+                f"name {info.name!r}: {info.type} plugins are named {NAME_PREFIXES[info.type]}* "
                 "(design §9.2)"
             )
         if not api and not c_runtime.is_c_plugin(self.path):

@@ -55,7 +55,8 @@ KEYS = {
 }
 NAME_PREFIXES = {kind: f"{kind}_" for kind in PLUGIN_TYPES}
 """Design §9.2: a plugin's name starts with its type (``filter_*``, ``sink_*``, ``ai_*``,
-``lang_*``). Enforced for new plugins (``logloom create-plugin``), not for existing ones."""
+``lang_*``). ``logloom create-plugin`` asks for the type as a word of the name and suggests the
+prefix; ``logloom plugins test`` notes a name without it; existing plugins are not held to it."""
 
 
 @dataclass(frozen=True)
