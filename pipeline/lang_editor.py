@@ -20,13 +20,12 @@ import hmac
 from pathlib import Path
 from typing import Any
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from pipeline.config import LangConfig
-from pipeline.dashboard.api import JSON, error, same_page_only
+from pipeline.dashboard.api import JSON, body_from_page, error
 from pipeline.dashboard.context import Dashboard
 from pipeline.errors import LangEditError, LangPackError
 from pipeline.lang import fallback_chain
@@ -111,13 +110,9 @@ def routes(dashboard: Dashboard) -> list[BaseRoute]:
         return JSON(found)
 
     async def put(request: Request, locale: str, key: str) -> JSON:
-        not_from_page = same_page_only(request)
-        if not_from_page is not None:
-            return not_from_page
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return error(400, 'body: expected JSON, {"text": "..."}')
+        body = await body_from_page(request, '{"text": "..."}')
+        if isinstance(body, JSON):
+            return body
         if not isinstance(body, dict) or "text" not in body:
             return error(400, 'body: expected {"text": "..."}')
         try:

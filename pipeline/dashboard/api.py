@@ -118,13 +118,9 @@ def routes(dashboard: Dashboard) -> list[BaseRoute]:
         stage = request.path_params["stage"]
         if stage not in DLQ_STAGES:
             return error(404, f"no such stage: {stage[:40]!r}")
-        refused = same_page_only(request)
-        if refused is not None:
-            return refused
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return error(400, 'body: expected JSON, {"ids": [...]} or {"all": true}')
+        body = await body_from_page(request, '{"ids": [...]} or {"all": true}')
+        if isinstance(body, JSON):
+            return body
         ids = replay_ids(body)
         if isinstance(ids, str):
             return error(400, ids)
@@ -158,6 +154,18 @@ def same_page_only(request: Request) -> JSON | None:
     if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
         return error(403, f"cross-origin request from {origin[:100]} refused")
     return None
+
+
+async def body_from_page(request: Request, expected: str) -> Any:
+    """The JSON body of a state-changing request from this server's page, or the error answer
+    (a JSON response) to send instead; ``expected`` describes the body in that answer."""
+    refused = same_page_only(request)
+    if refused is not None:
+        return refused
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return error(400, f"body: expected JSON, {expected}")
 
 
 def replay_ids(body: Any) -> list[str] | str | None:

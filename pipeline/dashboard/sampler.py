@@ -28,7 +28,7 @@ from rq.queue import Queue
 from pipeline import ai, status
 from pipeline.keys import Keys
 from pipeline.log import one_line
-from pipeline.streams import id_tuple
+from pipeline.streams import id_tuple, text
 
 COUNT_CAP = 10_000
 RATE_WINDOW_S = 5.0
@@ -131,7 +131,7 @@ class Sampler:
             if isinstance(info, redis.ResponseError):  # no such stream (yet, or any more)
                 added[name], last_ids[name] = 0, None
                 continue
-            last_ids[name] = _text(info["last-generated-id"])
+            last_ids[name] = text(info["last-generated-id"])
             added[name] = (
                 int(info["entries-added"])
                 if "entries-added" in info
@@ -258,7 +258,3 @@ def failed_jobs(client: redis.Redis, keys: Keys, count: int) -> list[dict[str, A
             }
         )
     return shown
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
