@@ -107,27 +107,32 @@ def normalise_level(level: object) -> str:
     raise MalformedEntry(f"unknown level {level!r} (expected one of {', '.join(LEVELS)})")
 
 
-# (ms part of the last stream ID formatted, its second, that second's text, the whole text):
-# one tuple, swapped whole, so sink threads sharing it never see half an update.
-_last_formatted: tuple[bytes, int, str, str] = (b"", -1, "", "")
+# (ms part of the last stream ID formatted, its second, that second's text, the whole text, and
+# the JSON that appends it to an entry): one tuple, swapped whole, so threads sharing it never
+# see half an update.
+_last_formatted: tuple[bytes, int, str, str, bytes] = (b"", -1, "", "", b"")
 
 
-def timestamp_from_id(stream_id: bytes | str) -> str:
-    """RFC 3339 UTC time of a stream ID's millisecond part, e.g. ``2025-04-30T12:00:00.123Z``."""
+def _formatted(stream_id: bytes | str) -> tuple[bytes, int, str, str, bytes]:
     global _last_formatted
     if isinstance(stream_id, str):
         stream_id = stream_id.encode()
     ms_part = stream_id.partition(b"-")[0]
     last = _last_formatted
     if ms_part == last[0]:  # a batch's entries mostly share their millisecond
-        return last[3]
+        return last
     seconds, millis = divmod(int(ms_part), 1000)
     second_text = (
         last[2] if seconds == last[1] else time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
     )
     text = f"{second_text}.{millis:03d}Z"
-    _last_formatted = (ms_part, seconds, second_text, text)
-    return text
+    _last_formatted = (ms_part, seconds, second_text, text, b',"timestamp":"%b"}' % text.encode())
+    return _last_formatted
+
+
+def timestamp_from_id(stream_id: bytes | str) -> str:
+    """RFC 3339 UTC time of a stream ID's millisecond part, e.g. ``2025-04-30T12:00:00.123Z``."""
+    return _formatted(stream_id)[3]
 
 
 def normalise(obj: dict[str, Any], stream_id: bytes | str) -> tuple[dict[str, str], bool]:
@@ -164,7 +169,7 @@ def normalise(obj: dict[str, Any], stream_id: bytes | str) -> tuple[dict[str, st
     elif not isinstance(timestamp, str):
         raise MalformedEntry(f"timestamp is a {type(timestamp).__name__}, not an RFC 3339 string")
     if added:
-        rewritten = rewritten or any(key in obj for key in added)  # present, but null
+        rewritten = rewritten or not obj.keys().isdisjoint(added)  # present, but null
         obj.update(added)
     return added, rewritten
 
@@ -187,6 +192,20 @@ def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> t
             raise MalformedEntry(f"bad JSON in 'entry': {exc}") from None
         if type(obj) is not dict:
             raise MalformedEntry(f"'entry' holds a JSON {type(obj).__name__}, not an object")
+        level, module, message = obj.get("level"), obj.get("module"), obj.get("message")
+        if (  # the common case, checked without building anything: at most the time missing
+            type(level) is str
+            and level in LEVEL_RANK
+            and type(module) is str
+            and type(message) is str
+            and type(obj.get("lang_key", "")) is str
+        ):
+            if type(obj.get("timestamp")) is str:
+                return with_json(obj, raw), raw
+            if "timestamp" not in obj and raw[-1] == 0x7D:  # ends with its closing brace
+                _, _, _, obj["timestamp"], suffix = _formatted(stream_id)
+                raw = raw[:-1] + suffix
+                return with_json(obj, raw), raw
         added, rewritten = normalise(obj, stream_id)
         if rewritten:
             raw = orjson.dumps(obj)
