@@ -21,12 +21,12 @@ from typing import Any, Literal
 
 import orjson
 import redis
-from hiredis import pack_command
 
 from pipeline.config import Config
 from pipeline.entry import ENTRY_FIELD
 from pipeline.errors import BackpressureError
 from pipeline.keys import Keys
+from pipeline.streams import exchange
 
 
 class Producer:
@@ -126,29 +126,14 @@ class Producer:
         self._buffered = 0
 
     def _send_packed(self, commands: list[tuple[bytes, bytes]]) -> None:
-        """The XADDs in one round trip, packed by hiredis and their replies read straight off a
-        connection: 1.5 µs of CPU an entry instead of redis-py's pipeline's 6.3 (measured), most
-        of what producing costs. A refused XADD raises once every reply is read."""
-        pool = self.client.connection_pool
-        connection = pool.get_connection()
-        refused: redis.ResponseError | None = None
-        try:
-            # hiredis's stub types the command as a 1-tuple; any tuple of bytes is what it packs.
-            packed = [pack_command((b"XADD", stream, b"*", ENTRY_FIELD, payload))  # type: ignore[arg-type]
-                      for stream, payload in commands]  # fmt: skip
-            connection.send_packed_command([b"".join(packed)])  # type: ignore[no-untyped-call]
-            for _ in commands:
-                try:
-                    connection.read_response()
-                except redis.ResponseError as exc:
-                    refused = refused or exc
-        except BaseException:
-            connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be unread
-            raise
-        finally:
-            pool.release(connection)
-        if refused is not None:
-            raise refused
+        """The XADDs in one round trip by :func:`pipeline.streams.exchange`: 1.5 µs of CPU an
+        entry instead of redis-py's pipeline's 6.3 (measured), most of what producing costs. A
+        refused XADD raises once every reply is read."""
+        xadds = [(b"XADD", stream, b"*", ENTRY_FIELD, payload) for stream, payload in commands]
+        replies = exchange(self.client, xadds)
+        refused = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
+        if refused:
+            raise refused[0]
 
     def _fullest(self, streams: list[str]) -> tuple[str, int]:
         if len(streams) == 1:

@@ -8,11 +8,12 @@ script here touches the keys of one partition, which share a hash slot (:mod:`pi
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+from hiredis import pack_command
 from redis.cluster import ClusterNode, RedisCluster
 from redis.typing import EncodableT, FieldT
 
@@ -82,27 +83,54 @@ def ensure_group(client: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
-def queue_read(
-    pipe: redis.client.Pipeline,
-    group: str,
-    consumer: str,
-    streams: Mapping[str, str],
-    count: int,
-    block_ms: int | None,
-    node: ClusterNode | None = None,
-) -> None:
-    """Queue XREADGROUP of ``streams`` (stream -> ``>`` for new entries, ``0`` for our own);
-    on a cluster, to ``node`` (:func:`read_route`)."""
-    if node is None:
-        pipe.xreadgroup(
-            group, consumer, dict[Any, Any](streams), count=count, block=block_ms or None
-        )
-        return
-    block = ["BLOCK", block_ms] if block_ms else []
-    pipe.execute_command(  # type: ignore[no-untyped-call]
+def read_command(
+    group: str, consumer: str, streams: Mapping[str, str], count: int, block_ms: int | None
+) -> Command:
+    """XREADGROUP of ``streams`` (stream -> ``>`` for new entries, ``0`` for our own); it blocks
+    up to ``block_ms`` when nothing is there (None or 0: answers at once)."""
+    block = ("BLOCK", block_ms) if block_ms else ()
+    return (
         "XREADGROUP", "GROUP", group, consumer, "COUNT", count, *block,
-        "STREAMS", *streams.keys(), *streams.values(), target_nodes=node,
+        "STREAMS", *streams.keys(), *streams.values(),
     )  # fmt: skip
+
+
+def queue_read(pipe: redis.client.Pipeline, read: Command, node: ClusterNode | None = None) -> None:
+    """Queue ``read`` (:func:`read_command`) in ``pipe``; on a cluster, to ``node``
+    (:func:`read_route`)."""
+    routing = {} if node is None else {"target_nodes": node}
+    pipe.execute_command(*read, **routing)  # type: ignore[no-untyped-call]
+
+
+def exchange(
+    client: redis.Redis, commands: Sequence[Command], meanwhile: Callable[[], None] = lambda: None
+) -> list[Any]:
+    """Send ``commands`` in one write, run ``meanwhile`` while Redis works on them, then read
+    every reply, a refused command's as its ResponseError in its place.
+
+    Packed by hiredis and read straight off a connection, without redis-py's pipeline (its
+    packing and bookkeeping cost more than Redis spends on the commands), and the round trip
+    overlaps the caller's work instead of adding to it. Replies are as Redis sends them. A plain
+    Redis only: a cluster's redirects need redis-py's pipeline.
+    """
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        packed = b"".join(pack_command(command) for command in commands)
+        connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        meanwhile()
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    except BaseException:
+        connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread
+        raise
+    finally:
+        pool.release(connection)
 
 
 def parse_read(reply: Any) -> list[tuple[str, list[Message]]]:

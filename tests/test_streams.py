@@ -12,10 +12,11 @@ import pytest
 import redis
 from helpers import wait_for
 
-from pipeline import dlq
+from pipeline import dlq, streams
 from pipeline.config import parse_config
 from pipeline.dashboard.sampler import Sampler
 from pipeline.discovery import load_plugins
+from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop, consumer_name
 from pipeline.stages.sink import SinkStage
 from pipeline.streams import (
@@ -122,6 +123,57 @@ def test_a_sink_delivers_each_entry_once_after_a_lost_connection(
     assert calls["n"] > 3, "the connection was dropped once"
     numbers = [orjson.loads(line)["n"] for line in out.read_bytes().splitlines()]
     assert sorted(numbers) == list(range(20)), "each entry delivered exactly once"
+
+
+def test_the_filter_loop_forwards_each_entry_once_when_the_connection_drops_mid_batch(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter stage handles a batch while its last writes and the next read are on their
+    way. The connection drops once after Redis ran them (their replies lost) and once before
+    they left: either way the work in flight comes back, and nothing is forwarded twice."""
+    config = parse_config({"stages": {"block_ms": 20, "batch_size": 100}})
+    client = connect(redis_url)
+    observer = redis.Redis.from_url(redis_url)
+    pipe = observer.pipeline(transaction=False)
+    for n in range(1000):
+        pipe.xadd(config.keys.ingest, {"entry": orjson.dumps({"message": f"m{n}", "n": n})})
+    pipe.execute()
+    stage = FilterStage(config, filters=[])  # keeps everything
+    loop = StageLoop(client, stage, config.stages, config.stages.batch_size)
+    real_exchange = streams.exchange
+    exchanges = {"n": 0}
+
+    def drop_twice(client: redis.Redis, commands: Any, meanwhile: Any) -> Any:
+        exchanges["n"] += 1
+        if exchanges["n"] == 3:
+            real_exchange(client, commands, meanwhile)
+            raise redis.ConnectionError("connection reset by peer (replies lost)")
+        if exchanges["n"] == 6:
+            meanwhile()
+            raise redis.ConnectionError("connection reset by peer (nothing sent)")
+        return real_exchange(client, commands, meanwhile)
+
+    monkeypatch.setattr(streams, "exchange", drop_twice)
+    stop = threading.Event()
+    loop.ensure_groups()
+    worker = threading.Thread(target=loop.run, args=(stop,))
+    with caplog.at_level("ERROR", "logloom.stage"):
+        worker.start()
+        try:
+            wait_for(lambda: observer.xlen(config.keys.filtered) >= 1000, 15, "forwarding")
+            wait_for(
+                lambda: observer.xpending(config.keys.ingest, stage.group)["pending"] == 0,
+                10,
+                "acknowledgements",
+            )
+        finally:
+            stop.set()
+            worker.join(10)
+    assert caplog.text.count("Redis unavailable (connection reset by peer") == 2
+    out = [orjson.loads(f[b"entry"])["n"] for _, f in observer.xrange(config.keys.filtered)]
+    assert sorted(out) == list(range(1000)), "each entry forwarded exactly once"
+    client.close()
+    observer.close()
 
 
 def test_stopped_consumers_with_nothing_pending_are_forgotten(client: redis.Redis) -> None:

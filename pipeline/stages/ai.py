@@ -35,6 +35,7 @@ QUEUE_CHECK_INTERVAL_S = 0.5
 class AiStage:
     name = "ai"
     group = AI_GROUP
+    overlaps_reads = False  # pauses while RQ falls behind
 
     def __init__(self, config: Config, rq_client: redis.Redis, plugins: Sequence[str]) -> None:
         self.config = config

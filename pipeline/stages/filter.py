@@ -41,6 +41,7 @@ MALFORMED_LOG_INTERVAL_S = 10.0
 class FilterStage:
     name = "filter"
     group = FILTER_GROUP
+    overlaps_reads = True  # never paused, nothing held between batches
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import redis
+from redis.cluster import RedisCluster
 
 from pipeline import streams
 from pipeline.config import StagesConfig
@@ -53,6 +54,11 @@ class Stage(Protocol):
     outbox: list[Command]
     """Writes that pass entries on and acknowledge them, queued by the stage; the loop sends
     them with its next read, in the same round trip."""
+
+    overlaps_reads: bool
+    """True for a stage that may be handed a batch while the loop's next read is on its way
+    (it never pauses and holds nothing between batches): the loop then handles each batch
+    during the round trip that reads the next one."""
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Process one batch read from ``stream``, queueing its writes in ``outbox``."""
@@ -98,6 +104,12 @@ def consumer_name() -> str:
 class StageLoop:
     """Drives one stage. A batch's writes travel with the next read: one round trip per batch.
 
+    For a stage that ``overlaps_reads`` (the filter stage), on a plain Redis, the round trip
+    also overlaps the work: the loop sends the last batch's writes and the next read, handles
+    the batch in hand while Redis runs them, then takes the reply as its next batch in hand.
+    Python and Redis work side by side, on two cores, instead of taking turns; two batches are
+    pending at most, as their entries await acknowledgement.
+
     If Redis fails mid-batch, the stage is reset and the loop re-reads this consumer's own
     pending entries (XREADGROUP from ``0``) before new ones: writes that went through acked
     their entries, so only the rest are processed again.
@@ -118,6 +130,8 @@ class StageLoop:
         self.consumer = consumer or consumer_name()
         # Where re-reading our own pending entries has got to, per stream; None: read new ones.
         self._own_cursor: dict[str, str] | None = None
+        self._in_hand: list[tuple[str, list[Message]]] = []  # read, not handled yet
+        self._overlap = stage.overlaps_reads and not isinstance(client, RedisCluster)
         self._next_claim = 0.0
         self._next_trim = time.monotonic() + settings.trim_interval_s
         if isinstance(stage, HoldsEntries):
@@ -171,11 +185,14 @@ class StageLoop:
                 )  # fmt: skip
 
     def finish(self) -> None:
-        """Close the stage (sinks flush) and send its last writes."""
+        """Handle the batch in hand, close the stage (sinks flush) and send its last writes."""
+        in_hand, self._in_hand = self._in_hand, []
+        self._handle(in_hand)
         self.stage.close()
         self._send_outbox()
 
     def _lost_batch(self) -> None:
+        self._in_hand = []
         self.stage.outbox.clear()
         self.stage.reset()
         self._own_cursor = dict.fromkeys(self.stage.streams, "0")
@@ -209,30 +226,43 @@ class StageLoop:
             for stream in self.stage.streams:
                 streams.trim_acknowledged(self.client, stream)
             self._next_trim = now + self.settings.trim_interval_s
-        pipe = self._pipeline_with_outbox()
         own = self._own_cursor
-        streams.queue_read(
-            pipe,
+        in_hand, self._in_hand = self._in_hand, []
+        read = streams.read_command(
             self.stage.group,
             self.consumer,
             own or dict.fromkeys(self.stage.streams, ">"),
             self.batch_size,
-            None if own else self.stage.wait_ms(self.settings.block_ms),
-            streams.read_route(self.client, self.stage.streams[0]),
+            None if own or in_hand else self.stage.wait_ms(self.settings.block_ms),
         )
-        *written, read = pipe.execute(raise_on_error=False)
+        overlap = self._overlap and own is None
+        if overlap:
+            writes = list(self.stage.outbox)
+            self.stage.outbox.clear()
+            replies = streams.exchange(self.client, [*writes, read], lambda: self._handle(in_hand))
+        else:
+            pipe = self._pipeline_with_outbox()
+            streams.queue_read(pipe, read, streams.read_route(self.client, self.stage.streams[0]))
+            replies = pipe.execute(raise_on_error=False)
+        *written, reply = replies
         failed = [reply for reply in written if isinstance(reply, Exception)]
-        if isinstance(read, Exception):
-            raise read
+        if isinstance(reply, Exception):
+            raise reply
         if failed:
             raise TransientRedisError(f"a batch's writes failed ({failed[0]})")
-        batches = streams.parse_read(read)
+        batches = streams.parse_read(reply)
         if own is not None:
             self._advance_own_cursor(own, batches)
+        if overlap:
+            self._in_hand = batches
+        else:
+            self._handle(batches)
+        self.stage.tick()
+
+    def _handle(self, batches: list[tuple[str, list[Message]]]) -> None:
         for stream, messages in batches:
             if messages:
                 self.stage.handle(stream, messages)
-        self.stage.tick()
 
     def _advance_own_cursor(
         self, cursor: dict[str, str], batches: list[tuple[str, list[Message]]]

@@ -75,6 +75,7 @@ class SinkStage:
         self.keys = keys
         self.name = f"sink:{plugin.name}"
         self.group = keys.sink_group(plugin.name)
+        self.overlaps_reads = False  # pauses while disabled; buffers entries between batches
         self.streams: tuple[str, ...] = (keys.filtered, keys.sink_replay(plugin.name))
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self.batch_size = config.sink.batch_size
