@@ -14,7 +14,7 @@ C_PLUGINS := $(patsubst %.c,%.so,$(filter-out plugins/c/sink_kafka.c,$(wildcard 
 RDKAFKA_LIBS ?= -lrdkafka
 KAFKA_PLUGIN := $(if $(wildcard /usr/include/librdkafka/rdkafka.h),plugins/c/liblog_exporter_kafka.so)
 
-.PHONY: up test lint bench plugins test-plugins
+.PHONY: up test lint bench profile plugins test-plugins
 up: $(BIN)/.installed
 	$(BIN)/logloom up --demo
 
@@ -38,8 +38,14 @@ plugins/c/liblog_exporter_kafka.so: plugins/c/sink_kafka.c plugins/c/config_json
 test-plugins: $(BIN)/.installed
 	$(BIN)/pytest -m plugins
 
-# Throughput ratios, then latency (30 s) and memory with a slow sink (2 min): README "Performance".
+# Throughput ratios, scale-out, then latency (30 s) and memory with a slow sink (2 min):
+# README "Performance".
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.scaleout
 	$(BIN)/python -m benchmarks.latency
 	$(BIN)/python -m benchmarks.memory
+
+# Where a filter worker's time goes: a py-spy flame graph of the filter worker figure.
+profile: $(BIN)/.installed
+	$(BIN)/py-spy record --idle -r 500 -o filter-worker.svg -- $(BIN)/python -m benchmarks.profile
