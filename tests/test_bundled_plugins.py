@@ -81,6 +81,27 @@ def test_jsonl_sink_rotates_by_size_and_keeps_backups(tmp_path: Path) -> None:
     assert kept == written[-len(kept) :], "newest lines in order, oldest rotated away"
 
 
+def test_jsonl_sink_writes_each_entry_as_carried_and_always_one_line(tmp_path: Path) -> None:
+    """The bytes the pipeline carried (a large integer stays exact, key order kept); JSON a
+    producer pretty-printed over several lines is re-encoded onto one; plain dicts too."""
+    path = tmp_path / "out.jsonl"
+    plugin = load("sink_jsonl", path=str(path))
+    carried = b'{"message":"m","n":123456789012345678901234567890,"level":"INFO"}'
+    pretty = b'{\n  "message": "pretty",\r\n  "level": "WARN"\n}'
+    batch: list[Any] = [
+        decode(b"1-0", {b"entry": carried}, 65536)[0],
+        decode(b"1-0", {b"entry": pretty}, 65536)[0],
+        {"message": "plain", "level": "INFO"},
+    ]
+    assert plugin.call_batch(batch) == [0, 0, 0]
+    plugin.shutdown()
+    lines = path.read_bytes().split(b"\n")
+    assert lines[0] == carried[:-1] + b',"module":"","timestamp":"1970-01-01T00:00:00.001Z"}'
+    assert orjson.loads(lines[1]) == batch[1] and b"\r" not in lines[1]
+    assert orjson.loads(lines[2]) == batch[2]
+    assert lines[3:] == [b""], "three lines, each ended by a newline"
+
+
 def test_jsonl_sink_failure_is_reported_for_the_whole_batch(tmp_path: Path) -> None:
     plugin = load("sink_jsonl", path=str(tmp_path / "out.jsonl"))
     plugin.plugin.module.state["file"].close()  # type: ignore[attr-defined]
