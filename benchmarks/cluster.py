@@ -8,27 +8,28 @@ import random
 import shutil
 import socket
 import subprocess
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
 from redis.crc import key_slot
 
+from benchmarks.figures import BenchmarkError, wait_until
+
 SLOTS = 16384
 
 
-class ClusterError(Exception):
-    """The cluster did not come up."""
-
-
 class Cluster:
-    """Three masters on loopback, slots split evenly, joined with CLUSTER MEET."""
+    """Three masters on loopback, slots split evenly, joined with CLUSTER MEET.
 
-    def __init__(self, directory: Path, masters: int = 3) -> None:
+    ``homes``: keys to spread, one a master: the i-th key's slot is moved to master i (three
+    partitions' hash tags do not fall on three masters by themselves).
+    """
+
+    def __init__(self, directory: Path, masters: int = 3, homes: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise ClusterError("redis-server is not on PATH (.ci/run installs it)")
+            raise BenchmarkError("redis-server is not on PATH (.ci/run installs it)")
         self.ports = [_cluster_port() for _ in range(masters)]
         self.processes = []
         for port in self.ports:
@@ -43,8 +44,8 @@ class Cluster:
             self.processes.append(subprocess.Popen(command))
         self.nodes = [redis.Redis(port=port) for port in self.ports]
         try:
-            _wait(self._all_answer, 10, "the cluster nodes to start")
-            self._join()
+            wait_until(self._all_answer, 10, "the cluster nodes to start")
+            self._join(homes)
         except BaseException:
             self.stop()
             raise
@@ -55,12 +56,20 @@ class Cluster:
         except redis.ConnectionError:
             return False
 
-    def _join(self) -> None:
+    def _join(self, homes: Sequence[str]) -> None:
         step = SLOTS // len(self.nodes) + 1
+        owned = [
+            set(range(index * step, min(SLOTS, (index + 1) * step)))
+            for index in range(len(self.nodes))
+        ]
+        for index, key in enumerate(homes):
+            slot = key_slot(key.encode())
+            for slots in owned:
+                slots.discard(slot)
+            owned[index % len(owned)].add(slot)
         for index, node in enumerate(self.nodes):
             node.execute_command("CLUSTER SET-CONFIG-EPOCH", index + 1)
-            slots = range(index * step, min(SLOTS, (index + 1) * step))
-            node.execute_command("CLUSTER ADDSLOTS", *slots)
+            node.execute_command("CLUSTER ADDSLOTS", *sorted(owned[index]))
         for port in self.ports[1:]:
             self.nodes[0].execute_command("CLUSTER MEET", "127.0.0.1", port)
 
@@ -73,7 +82,7 @@ class Cluster:
                     return False
             return True
 
-        _wait(ready, 30, "cluster_state:ok on every node")
+        wait_until(ready, 30, "cluster_state:ok on every node", poll_s=0.05)
 
     @property
     def url(self) -> str:
@@ -87,7 +96,7 @@ class Cluster:
         for address, node in self.nodes[0].cluster("NODES").items():
             if any(int(first) <= slot <= int(last) for first, last in node["slots"]):
                 return int(address.rpartition(":")[2].partition("@")[0])
-        raise ClusterError(f"slot {slot} not served")
+        raise BenchmarkError(f"slot {slot} not served")
 
     def stop(self) -> None:
         for node in self.nodes:
@@ -95,14 +104,6 @@ class Cluster:
         for process in self.processes:
             process.kill()
             process.wait()
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _cluster_port() -> int:
@@ -116,4 +117,4 @@ def _cluster_port() -> int:
         except OSError:
             continue
         return port
-    raise ClusterError("no free port pair for a cluster node")
+    raise BenchmarkError("no free port pair for a cluster node")

@@ -157,28 +157,50 @@ def group_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any]:
     raise BenchmarkError(f"no group {group!r} on {stream}")
 
 
+def wait_until(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    problem: Callable[[], str | None] = lambda: None,
+    poll_s: float = 0.01,
+) -> None:
+    """Poll ``condition`` until it holds; BenchmarkError after ``timeout`` or as soon as
+    ``problem()`` names one (a process died), checked every 50 polls."""
+    deadline = time.monotonic() + timeout
+    polls = 0
+    while not condition():
+        polls += 1
+        if polls % 50 == 0:
+            if found := problem():
+                raise BenchmarkError(found)
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+
+
 def as_bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-def drained(client: redis.Redis, stream: str, group: str, last_id: bytes) -> bool:
-    """Has ``group`` read up to ``last_id`` and acknowledged everything it read?"""
-    info = group_info(client, stream, group)
-    return as_bytes(info["last-delivered-id"]) == last_id and int(info["pending"]) == 0
-
-
 def read_all(client: redis.Redis, stream: str, group: str, last_id: bytes) -> bool:
-    """Has ``group`` read up to ``last_id`` (acknowledged or still buffered)?"""
+    """Has ``group`` read up to ``last_id`` (acknowledged, in hand or buffered)?"""
     return as_bytes(group_info(client, stream, group)["last-delivered-id"]) == last_id
 
 
-def time_stage(loop: StageLoop, done: Callable[[], bool], entries: int) -> float:
-    """Seconds to create the groups, step until ``done()`` and finish (flush, last writes)."""
+def time_stage(loop: StageLoop, stream: str, last_id: bytes, entries: int) -> float:
+    """Seconds to create the groups, step until the stage's group has read ``stream`` up to
+    ``last_id``, and finish (the batch in hand handled, a sink flushed, the last writes sent).
+    Nothing may be left unacknowledged after that."""
+    client, group = loop.client, loop.stage.group
     started = time.perf_counter()
     loop.ensure_groups()
-    run_steps(loop, done, entries, loop.batch_size)
+    run_steps(loop, lambda: read_all(client, stream, group, last_id), entries, loop.batch_size)
     loop.finish()
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    pending = int(group_info(client, stream, group)["pending"])
+    if pending:
+        raise BenchmarkError(f"{loop.stage.name}: {pending} entries left unacknowledged")
+    return elapsed
 
 
 def run_steps(loop: StageLoop, done: Callable[[], bool], entries: int, batch: int) -> int:
@@ -258,7 +280,8 @@ def filter_worker(bench: Bench, workload: Workload) -> float:
     stage = FilterStage(config, filters)
     elapsed = time_stage(
         StageLoop(client, stage, config.stages, config.stages.batch_size),
-        lambda: drained(client, config.keys.ingest, stage.group, last_id),
+        config.keys.ingest,
+        last_id,
         workload.count,
     )
     for plugin in filters:
@@ -403,13 +426,11 @@ def sink_stage(bench: Bench, workload: Workload) -> float:
     stage = SinkStage(config, plugin, threading.Event())
     elapsed = time_stage(
         StageLoop(client, stage, config.stages, config.sink.batch_size),
-        lambda: read_all(client, config.keys.filtered, stage.group, last_id),
+        config.keys.filtered,
+        last_id,
         workload.count,
     )
     plugin.shutdown()
-    pending = int(group_info(client, config.keys.filtered, stage.group)["pending"])
-    if pending:
-        raise BenchmarkError(f"logloom sink stage: {pending} entries left unacknowledged")
     check_lines(path, workload, "logloom sink stage (sink_jsonl)")
     client.close()
     return elapsed

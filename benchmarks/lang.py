@@ -23,7 +23,6 @@ from benchmarks.figures import (
     BenchmarkError,
     Workload,
     check_filtered,
-    drained,
     load_stream,
     time_stage,
 )
@@ -86,7 +85,8 @@ def run_filter(bench: Bench, workload: Workload, lang: bool) -> float:
     cpu_started = time.process_time()
     elapsed = time_stage(
         StageLoop(client, stage, config.stages, config.stages.batch_size),
-        lambda: drained(client, config.keys.ingest, stage.group, last_id),
+        config.keys.ingest,
+        last_id,
         workload.count,
     )
     CPU_SECONDS["lang_on" if lang else "lang_off"].append(time.process_time() - cpu_started)

@@ -35,7 +35,6 @@ from benchmarks.figures import (
     BenchmarkError,
     Workload,
     check_filtered,
-    drained,
     load_stream,
     raw_filter_loop,
     redis_server,
@@ -292,7 +291,8 @@ def filter_run(bench: Bench, workload: Workload, runtime: Runtime, setup: Setup)
         stage = FilterStage(config, filters)
         elapsed = time_stage(
             StageLoop(client, stage, config.stages, config.stages.batch_size),
-            lambda: drained(client, config.keys.ingest, stage.group, last_id),
+            config.keys.ingest,
+            last_id,
             workload.count,
         )
     finally:

@@ -26,6 +26,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from benchmarks.cluster import Cluster
+from benchmarks.figures import BenchmarkError
 from pipeline import dlq, metrics, status
 from pipeline.config import parse_config
 from pipeline.keys import Keys
@@ -118,7 +119,10 @@ def test_partitioned_dead_letters_are_named_by_partition(client: redis.Redis) ->
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    started = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        started = Cluster(tmp_path_factory.mktemp("cluster"))
+    except BenchmarkError as exc:  # e.g. no redis-server
+        pytest.fail(str(exc))
     yield started
     started.stop()
 

@@ -60,7 +60,7 @@ def _line(entry):
     to_json = getattr(entry, "to_json", None)
     if to_json is not None:
         data = to_json()
-        if b"\n" not in data and b"\r" not in data:
+        if isinstance(data, bytes) and b"\n" not in data and b"\r" not in data:
             return data + b"\n"
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
