@@ -94,7 +94,8 @@ class Cluster:
         slot = int(self.nodes[0].cluster("KEYSLOT", key))
         assert slot == key_slot(key.encode())
         for address, node in self.nodes[0].cluster("NODES").items():
-            if any(int(first) <= slot <= int(last) for first, last in node["slots"]):
+            # A range is [first, last], a lone slot [slot].
+            if any(int(span[0]) <= slot <= int(span[-1]) for span in node["slots"]):
                 return int(address.rpartition(":")[2].partition("@")[0])
         raise BenchmarkError(f"slot {slot} not served")
 
