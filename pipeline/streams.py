@@ -70,6 +70,21 @@ def route(client: redis.Redis, command: Command) -> dict[str, Any]:
     return {"target_nodes": client.get_node_from_key(key)}
 
 
+def node_client(client: redis.Redis, key: str) -> redis.Redis:
+    """The client to :func:`exchange` commands on ``key`` with: ``client`` itself, or on a
+    cluster the node serving ``key`` (from the client's slot table)."""
+    if not isinstance(client, RedisCluster):
+        return client
+    node = client.get_node_from_key(key)
+    return node.redis_connection or client.get_redis_connection(node)
+
+
+def refresh_routes(client: redis.Redis) -> None:
+    """After a MOVED or ASK answer: read the cluster's slot table again."""
+    if isinstance(client, RedisCluster):
+        client.nodes_manager.initialize()
+
+
 def _unparsed(response: Any, **_options: Any) -> Any:
     return response
 
@@ -110,8 +125,9 @@ def exchange(
 
     Packed by hiredis and read straight off a connection, without redis-py's pipeline (its
     packing and bookkeeping cost more than Redis spends on the commands), and the round trip
-    overlaps the caller's work instead of adding to it. Replies are as Redis sends them. A plain
-    Redis only: a cluster's redirects need redis-py's pipeline.
+    overlaps the caller's work instead of adding to it. Replies are as Redis sends them. On a
+    cluster, ``client`` is a node's (:func:`node_client`) and nothing is redirected: a MOVED or
+    ASK answer comes back as the reply, for the caller to :func:`refresh_routes` and retry.
     """
     pool = client.connection_pool
     connection = pool.get_connection()

@@ -8,9 +8,11 @@ sink workers across 4 partitions, whose hash tags ({p0}..{p3}) land on all three
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import zlib
 from collections import Counter, defaultdict
@@ -31,6 +33,8 @@ from pipeline import dlq, metrics, status
 from pipeline.config import parse_config
 from pipeline.keys import Keys
 from pipeline.producer import Producer
+from pipeline.stages.filter import FilterStage
+from pipeline.stages.runner import StageLoop
 from pipeline.streams import connect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,3 +326,72 @@ def test_partitions_on_one_redis(
     assert "reading logloom:{p0}:ingest, logloom:{p1}:ingest, logloom:{p2}:ingest" in (
         workers.output()
     )
+
+
+def _move_slot(cluster: Cluster, slot: int, source_port: int, target_port: int) -> None:
+    """Move ``slot`` and its keys to another master, as resharding does: IMPORTING/MIGRATING,
+    MIGRATE of every key in one command, then SETSLOT NODE on every master."""
+    by_port = dict(zip(cluster.ports, cluster.nodes, strict=True))
+    source, target = by_port[source_port], by_port[target_port]
+    source_id = source.execute_command("CLUSTER MYID").decode()
+    target_id = target.execute_command("CLUSTER MYID").decode()
+    target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+    keys = source.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000)
+    source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *keys)
+    for node in cluster.nodes:
+        node.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
+
+def test_a_filter_loop_follows_its_partition_to_another_master(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The filter loop talks to its partition's master directly (overlapping its round trips).
+    When the partition's slot moves mid-stream, the master answers MOVED or ASK: the loop reads
+    the slot table again and goes on at the new master, each entry forwarded once."""
+    config = parse_config(
+        {
+            "redis": {"url": cluster.url, "cluster": True, "partitions": 2, "prefix": "moving"},
+            "stages": {"block_ms": 20, "batch_size": 50},
+        }
+    )
+    part = config.keys.partitions()[1]
+    client = connect(cluster.url, cluster=True)
+
+    def produce(numbers: range) -> None:
+        pipe = client.pipeline(transaction=False)
+        for n in numbers:
+            pipe.xadd(part.ingest, {"entry": json.dumps({"message": f"m{n}", "n": n})})
+        pipe.execute()
+
+    produce(range(1500))
+    stage = FilterStage(config, filters=[], keys=part)
+    handle = stage.handle
+
+    def slowly(stream: str, messages: list[Any]) -> None:
+        time.sleep(0.01)  # 50 entries a batch: the stream lasts long enough to move it
+        handle(stream, messages)
+
+    stage.handle = slowly  # type: ignore[method-assign]
+    loop = StageLoop(client, stage, config.stages, config.stages.batch_size)
+    loop.ensure_groups()
+    stop = threading.Event()
+    worker = threading.Thread(target=loop.run, args=(stop,))
+    source_port = cluster.owner(part.ingest)
+    target_port = next(port for port in cluster.ports if port != source_port)
+    with caplog.at_level(logging.ERROR, "logloom.stage"):
+        worker.start()
+        try:
+            wait_for(lambda: client.xlen(part.filtered) >= 300, 15, "the first entries")
+            _move_slot(cluster, key_slot(part.ingest.encode()), source_port, target_port)
+            produce(range(1500, 3000))
+            wait_for(lambda: client.xlen(part.filtered) >= 3000, 30, "every entry, moved")
+            wait_for(lambda: client.xpending(part.ingest, "filter")["pending"] == 0, 10, "the acks")
+        finally:
+            stop.set()
+            worker.join(10)
+    assert cluster.owner(part.ingest) == target_port
+    assert "hash slot moved" in caplog.text, "the loop met the move"
+    numbers = [json.loads(fields[b"entry"])["n"] for _, fields in client.xrange(part.filtered)]
+    assert sorted(numbers) == list(range(3000)), "each entry forwarded exactly once"
+    client.close()

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import redis
-from redis.cluster import RedisCluster
 
 from pipeline import streams
 from pipeline.config import StagesConfig
@@ -104,8 +103,8 @@ def consumer_name() -> str:
 class StageLoop:
     """Drives one stage. A batch's writes travel with the next read: one round trip per batch.
 
-    For a stage that ``overlaps_reads`` (the filter stage), on a plain Redis, the round trip
-    also overlaps the work: the loop sends the last batch's writes and the next read, handles
+    For a stage that ``overlaps_reads`` (the filter stage), the round trip also overlaps the
+    work: the loop sends the last batch's writes and the next read, handles
     the batch in hand while Redis runs them, then takes the reply as its next batch in hand.
     Python and Redis work side by side, on two cores, instead of taking turns; two batches are
     pending at most, as their entries await acknowledgement. A read blocks only when nothing
@@ -133,7 +132,7 @@ class StageLoop:
         # Where re-reading our own pending entries has got to, per stream; None: read new ones.
         self._own_cursor: dict[str, str] | None = None
         self._in_hand: list[tuple[str, list[Message]]] = []  # read, not handled yet
-        self._overlap = stage.overlaps_reads and not isinstance(client, RedisCluster)
+        self._overlap = stage.overlaps_reads
         self._next_claim = 0.0
         self._next_trim = time.monotonic() + settings.trim_interval_s
         if isinstance(stage, HoldsEntries):
@@ -243,12 +242,17 @@ class StageLoop:
         if overlap:
             writes = list(self.stage.outbox)
             self.stage.outbox.clear()
-            replies = streams.exchange(self.client, [*writes, read], lambda: self._handle(in_hand))
+            target = streams.node_client(self.client, self.stage.streams[0])
+            replies = streams.exchange(target, [*writes, read], lambda: self._handle(in_hand))
         else:
             pipe = self._pipeline_with_outbox()
             streams.queue_read(pipe, read, streams.read_route(self.client, self.stage.streams[0]))
             replies = pipe.execute(raise_on_error=False)
         *written, reply = replies
+        moved = [answer for answer in replies if isinstance(answer, redis.exceptions.AskError)]
+        if moved:  # MOVED or ASK (its subclass): the slot has, or is getting, a new home
+            streams.refresh_routes(self.client)
+            raise TransientRedisError(f"the partition's hash slot moved ({moved[0]})")
         failed = [answer for answer in written if isinstance(answer, Exception)]
         if isinstance(reply, Exception):
             raise reply
