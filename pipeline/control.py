@@ -68,6 +68,10 @@ def worker_reports(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return sorted(reports, key=lambda report: str(report.get("worker")))
 
 
+WATCH_TICK_MS = 200
+WATCH_READY_WAIT_S = 5.0
+
+
 class PluginControl:
     """A worker's listener: control messages, plugin file changes, and the periodic report."""
 
@@ -91,8 +95,11 @@ class PluginControl:
         self.lang_packs_dir = Path(lang_packs_dir).resolve() if lang_packs_dir else None
         self.threads: list[threading.Thread] = []
         self.tap = tap
+        self.watching = threading.Event()  # set once a change on disk can no longer be missed
 
     def start(self, stop: threading.Event) -> None:
+        """Start listening and watching; returns once the file watcher is in place (or after
+        WATCH_READY_WAIT_S), so a file changed after the worker says it is ready is seen."""
         self.apply_disabled()
         for target in (self._listen, self._watch_files):
             thread = threading.Thread(
@@ -100,6 +107,7 @@ class PluginControl:
             )
             thread.start()
             self.threads.append(thread)
+        self.watching.wait(WATCH_READY_WAIT_S)
 
     def apply_disabled(self) -> None:
         """Catch up with the recorded state (at start, and after a lost connection)."""
@@ -185,8 +193,13 @@ class PluginControl:
         if packs is not None and packs.is_dir() and self._pack_readers():
             directories.add(packs)
         if not directories:
+            self.watching.set()
             return
-        for changes in watch(*directories, stop_event=stop, debounce=200, raise_interrupt=False):
+        for changes in watch(
+            *directories, stop_event=stop, debounce=200, raise_interrupt=False,
+            yield_on_timeout=True, rust_timeout=WATCH_TICK_MS,
+        ):  # fmt: skip
+            self.watching.set()  # the first answer, changes or a timeout, comes from a watcher
             reloads: dict[str, str] = {}
             for _, changed in changes:
                 path = Path(changed)
