@@ -192,13 +192,12 @@ def decode(stream_id: bytes, fields: Mapping[bytes, bytes], max_bytes: int) -> t
             raise MalformedEntry(f"bad JSON in 'entry': {exc}") from None
         if type(obj) is not dict:
             raise MalformedEntry(f"'entry' holds a JSON {type(obj).__name__}, not an object")
-        level, module, message = obj.get("level"), obj.get("module"), obj.get("message")
+        level, module = obj.get("level"), obj.get("module")
         if (  # the common case, checked without building anything: at most the time missing
             type(level) is str
             and level in LEVEL_RANK
             and type(module) is str
-            and type(message) is str
-            and type(obj.get("lang_key", "")) is str
+            and _text_fields(obj.get("message"), obj.get("lang_key"))
         ):
             if type(obj.get("timestamp")) is str:
                 return with_json(obj, raw), raw

@@ -186,6 +186,18 @@ def test_status_endpoint_shows_streams_groups_consumers_plugins_and_rates(
         )
 
     wait_for(both_reported, 20, "both workers' plugin reports")  # the sink's may come second
+
+    def groups_listed() -> bool:  # a sample to count the rates from, taken before any entry
+        data = dashboard.status()
+        try:
+            by_name(by_name(data["streams"], "stream", KEYS.ingest)["groups"], "group", "filter")
+            filtered = by_name(data["streams"], "stream", KEYS.filtered)
+            by_name(filtered["groups"], "group", "sink:sink_jsonl")
+        except StopIteration:
+            return False
+        return True
+
+    wait_for(groups_listed, 20, "both groups on the dashboard")
     produce(client, 0, 600)
 
     seen: dict[str, float] = {}
