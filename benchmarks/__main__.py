@@ -27,6 +27,8 @@ from benchmarks.e2e import (
     ensure_rsyslog,
     logloom_pipeline,
     logloom_pipeline_bare_producer,
+    logloom_pipeline_direct,
+    logloom_pipeline_two_direct,
     logloom_pipeline_two_filters,
     rsyslog_pipeline,
     rsyslog_version,
@@ -75,6 +77,8 @@ FIGURES = [
         logloom_pipeline_bare_producer,
         "rsyslog",
     ),
+    Figure("e2e_direct", "logloom e2e, 1 direct worker", logloom_pipeline_direct, "rsyslog"),
+    Figure("e2e_direct_2", "logloom e2e, 2 direct workers", logloom_pipeline_two_direct, "rsyslog"),
 ]
 
 EXTRA_RATIOS = [
@@ -245,6 +249,8 @@ def print_e2e_cpu(results: dict[str, Any]) -> None:
         ("e2e", "1 filter + 1 sink"),
         ("e2e_2f", "2 + 1"),
         ("e2e_bare", "2 + 1, bare producer"),
+        ("e2e_direct", "1 direct worker"),
+        ("e2e_direct_2", "2 direct workers"),
     ):
         if not runs.get(key):
             continue

@@ -48,7 +48,9 @@ POLL_S = 0.005
 TIMEOUT_S = 300.0
 READY_TIMEOUT_S = 60.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-CPU: dict[str, list[dict[str, float]]] = {"rsyslog": [], "e2e": [], "e2e_2f": [], "e2e_bare": []}
+CPU: dict[str, list[dict[str, float]]] = {
+    key: [] for key in ("rsyslog", "e2e", "e2e_2f", "e2e_bare", "e2e_direct", "e2e_direct_2")
+}
 """Per run: CPU seconds by process (user + system, from /proc), and the producer's wall time:
 where the two cores went."""
 
@@ -165,12 +167,16 @@ def logloom_config(url: str, workdir: Path, output: Path) -> dict[str, Any]:
     }
 
 
-def start_workers(raw: dict[str, Any], workdir: Path, filters: int) -> Workers:
+def start_workers(raw: dict[str, Any], workdir: Path, filters: int, direct: int = 0) -> Workers:
+    """``filters`` filter workers and a sink worker; or, with ``direct``, that many direct
+    workers (filter and sink in one process) alone."""
     config_path = workdir / "logloom.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     env = {key: value for key, value in os.environ.items() if key not in INHERITED_NOT}
     workers = Workers(parse_config(raw))
     stages = [f"filter-{index}" for index in range(1, filters + 1)] + ["sink"]
+    if direct:
+        stages = [f"direct-{index}" for index in range(1, direct + 1)]
     for name in stages:
         log_path = workdir / f"{name}.log"
         workers.logs[name] = log_path
@@ -202,10 +208,10 @@ def readers(client: redis.Redis) -> int:
     return sum(1 for info in client.client_list() if info.get("cmd") == "xreadgroup")
 
 
-def wait_ready(client: redis.Redis, workers: Workers, filters: int) -> None:
+def wait_ready(client: redis.Redis, workers: Workers) -> None:
     """Until every worker is blocked reading its stream: all started up."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while readers(client) < filters + 1:
+    while readers(client) < len(workers.processes):
         workers.check_alive()
         if time.monotonic() > deadline:
             raise BenchmarkError(f"workers not ready after {READY_TIMEOUT_S:.0f} s")
@@ -234,7 +240,12 @@ def produce_bare(bench: Bench, config: Config, payloads: list[bytes]) -> None:
 
 
 def logloom_pipeline(
-    bench: Bench, workload: Workload, filters: int = FILTER_WORKERS, bare: bool = False
+    bench: Bench,
+    workload: Workload,
+    filters: int = FILTER_WORKERS,
+    bare: bool = False,
+    direct: int = 0,
+    figure: str = "e2e",
 ) -> float:
     """Seconds from the first XADD to the sink's file holding every non-DEBUG entry."""
     root = bench.workdir / "e2e"
@@ -243,9 +254,9 @@ def logloom_pipeline(
     output = root / "out.jsonl"
     raw = logloom_config(bench.url, root, output)
     client = redis.Redis(host=bench.host, port=bench.port)
-    workers = start_workers(raw, root, filters)
+    workers = start_workers(raw, root, filters, direct)
     try:
-        wait_ready(client, workers, filters)
+        wait_ready(client, workers)
         redis_pid = int(client.info("server")["process_id"])
         pids = {name: process.pid for name, process in workers.processes.items()}
         pids["redis-server"] = redis_pid
@@ -263,7 +274,7 @@ def logloom_pipeline(
         cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         cpu["producer"] = producer_cpu
         cpu["producer wall"] = produced
-        CPU["e2e_bare" if bare else "e2e" if filters == FILTER_WORKERS else "e2e_2f"].append(cpu)
+        CPU[figure].append(cpu)
     finally:
         stop_workers(workers)
     keys = workers.config.keys
@@ -276,12 +287,22 @@ def logloom_pipeline(
 
 
 def logloom_pipeline_two_filters(bench: Bench, workload: Workload) -> float:
-    return logloom_pipeline(bench, workload, filters=2)
+    return logloom_pipeline(bench, workload, filters=2, figure="e2e_2f")
 
 
 def logloom_pipeline_bare_producer(bench: Bench, workload: Workload) -> float:
     """2 filter workers: with the producer out of the way the filter stage is the bottleneck."""
-    return logloom_pipeline(bench, workload, filters=2, bare=True)
+    return logloom_pipeline(bench, workload, filters=2, bare=True, figure="e2e_bare")
+
+
+def logloom_pipeline_direct(bench: Bench, workload: Workload) -> float:
+    """One direct worker (`--stage direct`): filter and sink in one process, no filtered
+    stream."""
+    return logloom_pipeline(bench, workload, direct=1, figure="e2e_direct")
+
+
+def logloom_pipeline_two_direct(bench: Bench, workload: Workload) -> float:
+    return logloom_pipeline(bench, workload, direct=2, figure="e2e_direct_2")
 
 
 def cpu_seconds(pid: int) -> float:

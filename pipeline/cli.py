@@ -60,7 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="also run a producer of demo logs")
 
     worker = commands.add_parser("worker", help="run one stage worker; start more to scale out")
-    worker.add_argument("--stage", required=True, choices=["filter", "sink", "ai"])
+    worker.add_argument(
+        "--stage",
+        required=True,
+        choices=["filter", "sink", "ai", "direct"],
+        help="direct: the filter chain and each sink in one worker, reading the ingest stream "
+        "(no filtered stream; see README)",
+    )
     worker.add_argument(
         "--sink",
         action="append",

@@ -115,6 +115,11 @@ class Keys:
     def sink_group(sink: str) -> str:
         return f"sink:{sink}"
 
+    @staticmethod
+    def direct_group(sink: str) -> str:
+        """The group on the ingest stream of a sink fed by direct workers (filter + sink)."""
+        return f"direct:{sink}"
+
     @property
     def control(self) -> str:
         return f"{self.prefix}:control"

@@ -29,6 +29,7 @@ from pipeline.health import GuardedPlugin
 from pipeline.keys import Keys
 from pipeline.log import redact_url
 from pipeline.plugin import Plugin
+from pipeline.stages.direct import DirectStage
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop, consumer_name
 from pipeline.stages.sink import SinkStage
@@ -38,7 +39,11 @@ from pipeline.tap import TapSwitch
 log = logging.getLogger("logloom.worker")
 
 STAGES = ("filter", "sink")
-PLUGIN_TYPES = {"filter": ("filter", "lang"), "sink": ("sink",)}
+PLUGIN_TYPES = {
+    "filter": ("filter", "lang"),
+    "sink": ("sink",),
+    "direct": ("filter", "lang", "sink"),
+}
 """The plugin types each stage runs: a filter worker resolves lang_key too."""
 
 
@@ -100,7 +105,7 @@ def run_worker(
     log.info("Worker %d: Redis %s", os.getpid(), redact_url(url))
     plugins = load_plugins(config, types=PLUGIN_TYPES[stage])
     if only:
-        plugins = [plugin for plugin in plugins if plugin.name in only]
+        plugins = [p for p in plugins if p.name in only or p.info.type != "sink"]
     metrics.serve_worker(metrics_port, config.metrics.host)
     worker = consumer_name()
     tap = TapSwitch(worker)  # set when a `logloom tap` asks, read by the stages
@@ -143,6 +148,8 @@ def run_worker(
                 loops[0].run(stop)
                 return 0
             return _run_loops(loops, stop)
+        if stage == "direct":
+            return _run_direct(config, client, plugins, stop, tap, parts)
         return _run_sinks(config, client, plugins, stop, tap, parts)
     finally:
         for plugin in plugins:
@@ -177,6 +184,40 @@ def _run_sinks(
         os.getpid(),
         ", ".join(s.name for s in sinks),
         ", ".join(part.filtered for part in parts),
+    )
+    return _run_loops(loops, stop)
+
+
+def _run_direct(
+    config: Config,
+    client: redis.Redis,
+    plugins: Sequence[GuardedPlugin],
+    stop: threading.Event,
+    tap: TapSwitch,
+    parts: Sequence[Keys],
+) -> int:
+    """One thread per sink and partition: the filter chain, then that sink, on the ingest
+    stream through the sink's own group (pipeline.stages.direct)."""
+    filters = [plugin for plugin in plugins if plugin.info.type == "filter"]
+    langs = [plugin for plugin in plugins if plugin.info.type == "lang"]
+    sinks = [plugin for plugin in plugins if plugin.info.type == "sink"]
+    if not sinks:
+        log.error("Direct worker: no sink plugin loaded; nothing to do (see plugins.enabled)")
+        return 1
+    loops = [
+        StageLoop(
+            client, DirectStage(config, filters, langs, sink, stop, tap, keys=part),
+            config.stages, config.sink.batch_size,
+        )
+        for sink in sinks
+        for part in parts
+    ]  # fmt: skip
+    log.info(
+        "Direct worker %d: chain %s, then %s, reading %s",
+        os.getpid(),
+        " → ".join(p.name for p in filters) or "(empty)",
+        ", ".join(s.name for s in sinks),
+        ", ".join(part.ingest for part in parts),
     )
     return _run_loops(loops, stop)
 

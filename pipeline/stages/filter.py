@@ -66,7 +66,26 @@ class FilterStage:
         self._last_malformed_log = -MALFORMED_LOG_INTERVAL_S
 
     def handle(self, stream: str, messages: list[Message]) -> None:
-        """Decode, filter, and queue the one command that forwards, dead-letters and acks."""
+        """Judge the batch, and queue the one command that forwards, dead-letters and acks."""
+        kept, letters = self.judge(stream, messages)
+        self.outbox.append(
+            forward_and_ack(
+                stream,
+                self.group,
+                [message_id for message_id, _ in messages],
+                self.keys.filtered,
+                [payload for _, _, payload in kept],
+                letters,
+            )
+        )
+        ENTRIES_OUT.labels(self.name).inc(len(kept))
+
+    def judge(
+        self, stream: str, messages: list[Message]
+    ) -> tuple[list[tuple[bytes, Entry, bytes]], list[tuple[str, dict[FieldT, EncodableT]]]]:
+        """Decode, run the chain, resolve lang keys: the survivors as ``(stream ID, entry, JSON
+        to pass on)`` and the dead letters to write; the rest were dropped. Acknowledging the
+        batch is the caller's (a direct stage acknowledges survivors once its sink has them)."""
         letters: list[tuple[str, dict[FieldT, EncodableT]]] = []
         ids: list[bytes] = []
         entries: list[Entry] = []
@@ -93,24 +112,18 @@ class FilterStage:
         keep = self._run_chain(stream, ids, entries, payloads, letters, recorder)
         if self.resolver is not None:
             self.resolver.resolve(entries, payloads, keep)
-        forwarded = [payload for payload, kept in zip(payloads, keep, strict=True) if kept]
-        self.outbox.append(
-            forward_and_ack(
-                stream,
-                self.group,
-                [message_id for message_id, _ in messages],
-                self.keys.filtered,
-                forwarded,
-                letters,
-            )
-        )
+        kept = [
+            (message_id, entry, payload)
+            for message_id, entry, payload, passed in zip(ids, entries, payloads, keep, strict=True)
+            if passed
+        ]
         if recorder is not None:
             self.outbox.append(recorder.command(self.keys))
         ENTRIES_IN.labels(self.name).inc(len(messages))
-        ENTRIES_OUT.labels(self.name).inc(len(forwarded))
         BATCH_SIZE.labels(self.name).observe(len(messages))
         if rejected:
             self._report_malformed(rejected)
+        return kept, letters
 
     def _report_malformed(self, reasons: list[str]) -> None:
         DEAD_LETTERS.labels("ingest", "").inc(len(reasons))

@@ -67,16 +67,22 @@ class SinkStage:
         stop: threading.Event,
         tap: TapSwitch | None = None,
         keys: Keys | None = None,
+        direct: bool = False,
     ) -> None:
-        """``keys``: the partition this stage reads (see :meth:`Keys.partitions`)."""
+        """``keys``: the partition this stage reads (see :meth:`Keys.partitions`); ``direct``:
+        the sink of a direct stage, which reads the ingest stream instead of the filtered one."""
         keys = keys or config.keys
         self.plugin = plugin
         self.stop = stop
         self.keys = keys
-        self.name = f"sink:{plugin.name}"
-        self.group = keys.sink_group(plugin.name)
+        if direct:  # fed by pipeline.stages.direct from the ingest stream, through its group
+            self.name, self.group = f"direct:{plugin.name}", keys.direct_group(plugin.name)
+            source = keys.ingest
+        else:
+            self.name, self.group = f"sink:{plugin.name}", keys.sink_group(plugin.name)
+            source = keys.filtered
         self.overlaps_reads = False  # pauses while disabled; buffers entries between batches
-        self.streams: tuple[str, ...] = (keys.filtered, keys.sink_replay(plugin.name))
+        self.streams: tuple[str, ...] = (source, keys.sink_replay(plugin.name))
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self.batch_size = config.sink.batch_size
         self.interval_s = config.sink.flush_interval_ms / 1000
@@ -89,7 +95,10 @@ class SinkStage:
         # Entry.id, the key sinks deduplicate by, must be unique among everything any worker of
         # this sink reads: partitions' streams number their entries independently.
         partition = "" if keys.partition is None else f"p{keys.partition}/"
-        self.id_prefixes = {self.streams[0]: partition, self.streams[1]: f"{partition}replay/"}
+        self.id_prefixes = {
+            self.streams[0]: f"{partition}ingest/" if direct else partition,
+            self.streams[1]: f"{partition}replay/",
+        }
         # Set by the stage loop, for a batch held through a long outage: ``touch`` claims
         # entries for this consumer again (XCLAIM JUSTID) so they do not look abandoned to the
         # other workers; ``send_outbox`` sends the acks and dead letters queued meanwhile.
@@ -99,7 +108,8 @@ class SinkStage:
         self._touched = time.monotonic()
 
     def handle(self, stream: str, messages: list[Message]) -> None:
-        """Buffer; flush when a batch is full."""
+        """Decode and buffer; flush when a batch is full."""
+        decoded: list[tuple[bytes, Entry, bytes]] = []
         bad: list[tuple[Message, str]] = []
         for message_id, fields in messages:
             try:
@@ -107,12 +117,19 @@ class SinkStage:
             except MalformedEntry as exc:
                 bad.append(((message_id, fields), f"undecodable entry on {stream}: {exc}"))
                 continue
-            prefix = self.id_prefixes[stream]
-            with_stream_id(entry, f"{prefix}{message_id.decode()}" if prefix else message_id)
-            self.buffer.append(Buffered(stream, message_id, entry, payload))
+            decoded.append((message_id, entry, payload))
         ENTRIES_IN.labels(self.name).inc(len(messages))
         for message, error in bad:
             self.reject(stream, [message], error)
+        self.take(stream, decoded)
+
+    def take(self, stream: str, decoded: list[tuple[bytes, Entry, bytes]]) -> None:
+        """Buffer entries read from ``stream`` as ``(stream ID, entry, its JSON)``; flush when a
+        batch is full. Each is acknowledged on ``stream`` once delivered or dead-lettered."""
+        prefix = self.id_prefixes[stream]
+        for message_id, entry, payload in decoded:
+            with_stream_id(entry, f"{prefix}{message_id.decode()}" if prefix else message_id)
+            self.buffer.append(Buffered(stream, message_id, entry, payload))
         if self.buffer and self.deadline is None:
             self.deadline = time.monotonic() + self.interval_s
         while len(self.buffer) >= self.batch_size:
