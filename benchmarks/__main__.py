@@ -36,6 +36,7 @@ from benchmarks.e2e import (
 from benchmarks.figures import (
     Bench,
     Workload,
+    direct_stage,
     filter_worker,
     hiredis_filter_loop,
     raw_filter_loop,
@@ -66,6 +67,7 @@ FIGURES = [
     Figure("hiredis_filter", "bare hiredis loop", hiredis_filter_loop, "raw_filter"),
     Figure("raw_sink", "raw redis-py sink loop", raw_sink_loop, "raw_sink"),
     Figure("sink_stage", "logloom sink stage (sink_jsonl)", sink_stage, "raw_sink"),
+    Figure("direct_stage", "logloom direct stage (filter, sink)", direct_stage, "raw_sink"),
     Figure("lang_off", "filter worker, lang off", lang_off, "lang_off"),
     Figure("lang_on", "filter worker, lang on (en, zh)", lang_on, "lang_off"),
     Figure("rsyslog", "rsyslog imfile→mmjsonparse→omfile", rsyslog_pipeline, "rsyslog"),

@@ -27,6 +27,7 @@ import redis
 
 from pipeline.config import Config, parse_config
 from pipeline.discovery import load_plugins
+from pipeline.stages.direct import DirectStage
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop
 from pipeline.stages.sink import SinkStage
@@ -432,6 +433,43 @@ def sink_stage(bench: Bench, workload: Workload) -> float:
     )
     plugin.shutdown()
     check_lines(path, workload, "logloom sink stage (sink_jsonl)")
+    client.close()
+    return elapsed
+
+
+def direct_stage(bench: Bench, workload: Workload) -> float:
+    """The real DirectStage (log_filter_severity, then sink_jsonl) on the ingest stream, as
+    ``logloom worker --stage direct`` runs it; the file must hold the non-DEBUG entries."""
+    path = bench.workdir / "direct.jsonl"
+    path.unlink(missing_ok=True)
+    config = parse_config(
+        {
+            "plugins": {
+                "enabled": ["log_filter_severity", "sink_jsonl"],
+                "config": {"sink_jsonl": {"path": str(path)}},
+            },
+            "sink": {"batch_size": 500, "flush_interval_ms": 50},
+            "stages": {"block_ms": 10},
+        }
+    )
+    client = connect(bench.url)
+    plugins = load_plugins(config, types=["filter", "sink"])
+    if [plugin.name for plugin in plugins] != ["log_filter_severity", "sink_jsonl"]:
+        raise BenchmarkError("log_filter_severity and sink_jsonl did not load")
+    last_id = load_stream(client, config.keys.ingest, workload.payloads)
+    stage = DirectStage(config, plugins[:1], [], plugins[1], threading.Event())
+    elapsed = time_stage(
+        StageLoop(client, stage, config.stages, config.sink.batch_size),
+        config.keys.ingest,
+        last_id,
+        workload.count,
+    )
+    for plugin in plugins:
+        plugin.shutdown()
+    with path.open("rb") as handle:
+        lines = sum(1 for _ in handle)
+    if lines != workload.kept:
+        raise BenchmarkError(f"logloom direct stage: {lines} lines, expected {workload.kept}")
     client.close()
     return elapsed
 
