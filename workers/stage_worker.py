@@ -148,9 +148,7 @@ def run_worker(
                 loops[0].run(stop)
                 return 0
             return _run_loops(loops, stop)
-        if stage == "direct":
-            return _run_direct(config, client, plugins, stop, tap, parts)
-        return _run_sinks(config, client, plugins, stop, tap, parts)
+        return _run_sinks(config, client, plugins, stop, tap, parts, direct=stage == "direct")
     finally:
         for plugin in plugins:
             try:
@@ -162,62 +160,40 @@ def run_worker(
 def _run_sinks(
     config: Config,
     client: redis.Redis,
-    sinks: Sequence[GuardedPlugin],
-    stop: threading.Event,
-    tap: TapSwitch,
-    parts: Sequence[Keys],
-) -> int:
-    """One thread per sink and partition, each with its own group and buffer."""
-    if not sinks:
-        log.error("Sink worker: no sink plugin loaded; nothing to do (see plugins.enabled)")
-        return 1
-    loops = [
-        StageLoop(
-            client, SinkStage(config, sink, stop, tap, keys=part), config.stages,
-            config.sink.batch_size,
-        )
-        for sink in sinks
-        for part in parts
-    ]  # fmt: skip
-    log.info(
-        "Sink worker %d: %s, reading %s",
-        os.getpid(),
-        ", ".join(s.name for s in sinks),
-        ", ".join(part.filtered for part in parts),
-    )
-    return _run_loops(loops, stop)
-
-
-def _run_direct(
-    config: Config,
-    client: redis.Redis,
     plugins: Sequence[GuardedPlugin],
     stop: threading.Event,
     tap: TapSwitch,
     parts: Sequence[Keys],
+    direct: bool = False,
 ) -> int:
-    """One thread per sink and partition: the filter chain, then that sink, on the ingest
-    stream through the sink's own group (pipeline.stages.direct)."""
+    """One thread per sink and partition, each with its own group and buffer; ``direct``: each
+    running the filter chain first, on the ingest stream (pipeline.stages.direct)."""
     filters = [plugin for plugin in plugins if plugin.info.type == "filter"]
     langs = [plugin for plugin in plugins if plugin.info.type == "lang"]
     sinks = [plugin for plugin in plugins if plugin.info.type == "sink"]
+    kind = "Direct" if direct else "Sink"
     if not sinks:
-        log.error("Direct worker: no sink plugin loaded; nothing to do (see plugins.enabled)")
+        log.error("%s worker: no sink plugin loaded; nothing to do (see plugins.enabled)", kind)
         return 1
+
+    def stage(sink: GuardedPlugin, part: Keys) -> SinkStage | DirectStage:
+        if direct:
+            return DirectStage(config, filters, langs, sink, stop, tap, keys=part)
+        return SinkStage(config, sink, stop, tap, keys=part)
+
     loops = [
-        StageLoop(
-            client, DirectStage(config, filters, langs, sink, stop, tap, keys=part),
-            config.stages, config.sink.batch_size,
-        )
+        StageLoop(client, stage(sink, part), config.stages, config.sink.batch_size)
         for sink in sinks
         for part in parts
-    ]  # fmt: skip
+    ]
+    chain = (" → ".join(p.name for p in filters) or "(empty)") + " then " if direct else ""
     log.info(
-        "Direct worker %d: chain %s, then %s, reading %s",
+        "%s worker %d: %s%s, reading %s",
+        kind,
         os.getpid(),
-        " → ".join(p.name for p in filters) or "(empty)",
+        chain,
         ", ".join(s.name for s in sinks),
-        ", ".join(part.ingest for part in parts),
+        ", ".join(part.ingest if direct else part.filtered for part in parts),
     )
     return _run_loops(loops, stop)
 
