@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_partition_list,
         metavar="N,M",
         help="serve only these partitions, e.g. 0,2 (default: all of redis.partitions; "
-        "filter and sink stages)",
+        "filter, sink and direct stages)",
     )
     worker.add_argument(
         "--metrics-port",
@@ -211,7 +211,11 @@ def _parser() -> argparse.ArgumentParser:
     tap = commands.add_parser(
         "tap", help="watch entries and each plugin's decision flow through a stage, live"
     )
-    tap.add_argument("--stage", default="filter", help="filter (default), sink:NAME, or * for all")
+    tap.add_argument(
+        "--stage",
+        default="filter",
+        help="filter (default; a direct worker's chain too), sink:NAME, direct:NAME, or * for all",
+    )
     tap.add_argument("--plugin", help="only entries this plugin decided on, and its decisions")
     tap.add_argument(
         "--from",

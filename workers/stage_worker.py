@@ -1,4 +1,5 @@
-"""``logloom worker --stage filter|sink``: one stage worker process. Run more to scale out.
+"""``logloom worker --stage filter|sink|direct``: one stage worker process. Run more to scale
+out.
 
 SIGTERM or SIGINT: the current batch is finished, sinks flush, everything delivered is
 acknowledged, plugins are shut down, exit 0. Whatever a killed worker leaves pending is taken
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from pipeline import metrics
+from pipeline import metrics, streams
 from pipeline.config import Config, load_config
 from pipeline.control import PluginControl
 from pipeline.discovery import load_one, load_plugins
@@ -95,8 +96,8 @@ def run_worker(
     only: Sequence[str] = (),
     partitions: Sequence[int] | None = None,
 ) -> int:
-    """Run one stage until signalled; the exit code. ``only`` limits a sink worker to some sinks,
-    ``partitions`` the worker to some partitions."""
+    """Run one stage until signalled; the exit code. ``only`` limits a sink or direct worker to
+    some sinks, ``partitions`` the worker to some partitions."""
     parts = owned_partitions(config, partitions)
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -106,6 +107,11 @@ def run_worker(
     plugins = load_plugins(config, types=PLUGIN_TYPES[stage])
     if only:
         plugins = [p for p in plugins if p.name in only or p.info.type != "sink"]
+    if stage == "direct" and (refusal := _direct_refusal(client, plugins, parts)):
+        log.error("Direct worker: %s", refusal)
+        for plugin in plugins:
+            plugin.shutdown()
+        return 2
     metrics.serve_worker(metrics_port, config.metrics.host)
     worker = consumer_name()
     tap = TapSwitch(worker)  # set when a `logloom tap` asks, read by the stages
@@ -196,6 +202,31 @@ def _run_sinks(
         ", ".join(part.ingest if direct else part.filtered for part in parts),
     )
     return _run_loops(loops, stop)
+
+
+def _direct_refusal(
+    client: redis.Redis, plugins: Sequence[GuardedPlugin], parts: Sequence[Keys]
+) -> str | None:
+    """Why a direct worker must not start, or None. A deployment runs one direct sink, as the
+    only reader of the ingest stream: each reader judges every entry, so a second one (another
+    direct sink, or the filter stage) would write every dead letter again, and a replayed
+    letter would reach each of them."""
+    sinks = [plugin.name for plugin in plugins if plugin.info.type == "sink"]
+    if len(sinks) != 1:
+        found = ", ".join(sinks) or "none"
+        return f"runs exactly one sink (enabled: {found}); choose it with --sink NAME"
+    own = Keys.direct_group(sinks[0])
+    for part in parts:
+        others = [
+            stats.group for stats in streams.group_stats(client, part.ingest) if stats.group != own
+        ]
+        if others:
+            return (
+                f"{part.ingest} has other readers ({', '.join(others)}); a direct worker must be "
+                f"the only one, or entries would be judged and dead-lettered twice. Once their "
+                f"entries are done: redis-cli XGROUP DESTROY {part.ingest} {others[0]}"
+            )
+    return None
 
 
 def _run_loops(loops: Sequence[StageLoop], stop: threading.Event) -> int:

@@ -24,6 +24,7 @@ from pipeline.config import Config
 from pipeline.entry import with_json
 from pipeline.health import GuardedPlugin
 from pipeline.keys import Keys
+from pipeline.metrics import ENTRIES_IN
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.sink import SinkStage
 from pipeline.streams import Command, Message, forward_and_ack
@@ -31,6 +32,8 @@ from pipeline.tap import TapSwitch
 
 
 class DirectStage:
+    """The filter chain, then one sink, on the ingest stream through the sink's direct group."""
+
     overlaps_reads = False  # the sink pauses while disabled and holds entries between batches
 
     def __init__(
@@ -49,6 +52,7 @@ class DirectStage:
         self.name, self.group, self.streams = self.sink.name, self.sink.group, self.sink.streams
         self.outbox: list[Command] = self.sink.outbox  # one outbox for both halves
         self.chain.outbox = self.outbox
+        self.chain.group = self.group  # what the chain acknowledges (rejects), it does here
 
     # The loop hands a stage that holds entries these two (runner.HoldsEntries): the sink's.
     @property
@@ -74,6 +78,7 @@ class DirectStage:
             self.sink.handle(stream, messages)
             return
         kept, letters = self.chain.judge(stream, messages)
+        ENTRIES_IN.labels(self.name).inc(len(kept))
         passed = {message_id for message_id, _, _ in kept}
         done = [message_id for message_id, _ in messages if message_id not in passed]
         if done:
@@ -90,7 +95,12 @@ class DirectStage:
         )
 
     def reject(self, stream: str, messages: list[Message], error: str) -> None:
-        self.sink.reject(stream, messages, error)
+        """Entries that killed every worker: from the ingest stream, the chain's DLQ (a filter
+        may be what crashed; a replay goes through the chain again); else the sink's."""
+        if stream == self.keys.ingest:
+            self.chain.reject(stream, messages, error)
+        else:
+            self.sink.reject(stream, messages, error)
 
     def wait_ms(self, block_ms: int) -> int:
         return self.sink.wait_ms(block_ms)

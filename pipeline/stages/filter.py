@@ -78,7 +78,6 @@ class FilterStage:
                 letters,
             )
         )
-        ENTRIES_OUT.labels(self.name).inc(len(kept))
 
     def judge(
         self, stream: str, messages: list[Message]
@@ -120,6 +119,7 @@ class FilterStage:
         if recorder is not None:
             self.outbox.append(recorder.command(self.keys))
         ENTRIES_IN.labels(self.name).inc(len(messages))
+        ENTRIES_OUT.labels(self.name).inc(len(kept))
         BATCH_SIZE.labels(self.name).observe(len(messages))
         if rejected:
             self._report_malformed(rejected)

@@ -209,9 +209,16 @@ class StageLoop:
         return pipe
 
     def _send_outbox(self) -> None:
-        """Send the stage's queued writes now, in one round trip (reclaims, the last batch)."""
+        """Send the stage's queued writes now, in one round trip (reclaims, the last batch, a
+        sink holding a batch). If Redis cannot be reached they are queued again, to go with the
+        next attempt, unless the loop gives the batch up (:meth:`_lost_batch`)."""
         if self.stage.outbox:
-            self._pipeline_with_outbox().execute()
+            commands = list(self.stage.outbox)
+            try:
+                self._pipeline_with_outbox().execute()
+            except REDIS_DOWN_ERRORS:
+                self.stage.outbox[:0] = commands
+                raise
 
     def step(self) -> None:
         if self.stage.paused():
