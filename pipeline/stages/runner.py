@@ -104,8 +104,8 @@ class StageLoop:
     """Drives one stage. A batch's writes travel with the next read: one round trip per batch.
 
     For a stage that ``overlaps_reads`` (the filter stage), the round trip also overlaps the
-    work: the loop sends the last batch's writes and the next read, handles
-    the batch in hand while Redis runs them, then takes the reply as its next batch in hand.
+    work: the loop sends the last batch's writes and the next read, handles the batch in hand
+    while Redis runs them, then takes the reply as its next batch in hand.
     Python and Redis work side by side, on two cores, instead of taking turns; two batches are
     pending at most, as their entries await acknowledgement. A read blocks only when nothing
     is in hand, and it travels behind the writes, so writes never wait for it; at low load an
