@@ -1,13 +1,14 @@
 """A direct stage: the filter chain and one sink in one worker, reading the ingest stream.
 
-``logloom worker --stage direct`` runs one per enabled sink (and partition), each with its own
+``logloom worker --stage direct`` runs one per partition for its one sink, through the sink's
 group on the ingest stream (``direct:<sink>``). An entry then crosses Redis once (read, then
 acknowledged once its sink has it or a DLQ does) instead of twice (read, forwarded to the
 filtered stream, read again, acknowledged): about half the Redis work an entry costs, which on
 a small machine is what bounds throughput (README "Performance").
 
 What it gives up: entries never reach ``logloom:filtered``, so the ai stage and sink workers
-do not see them, and each direct sink runs the filter chain for itself. Everything else is the
+do not see them; and a deployment runs one direct sink, as the only reader of the ingest
+stream (the worker checks, :func:`workers.stage_worker.run_worker`). Everything else is the
 two stages' own code: the chain, lang resolution and dead letters of
 :class:`~pipeline.stages.filter.FilterStage`; buffering, retries, outages, acknowledgement and
 the replay stream of :class:`~pipeline.stages.sink.SinkStage`.
