@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import redis
-import yaml
 
 from benchmarks.figures import (
     Bench,
@@ -36,8 +34,8 @@ from benchmarks.figures import (
     pack,
     stop_process,
 )
-from benchmarks.live import INHERITED_NOT, Workers, logloom_command
-from pipeline.config import Config, parse_config
+from benchmarks.live import Workers, start_workers, stop_workers
+from pipeline.config import Config
 from pipeline.producer import Producer
 
 FILTER_WORKERS = 1  # the "e2e" figure: one filter and one sink worker for 2 cores
@@ -167,39 +165,12 @@ def logloom_config(url: str, workdir: Path, output: Path) -> dict[str, Any]:
     }
 
 
-def start_workers(raw: dict[str, Any], workdir: Path, filters: int, direct: int = 0) -> Workers:
+def worker_names(filters: int, direct: int = 0) -> list[str]:
     """``filters`` filter workers and a sink worker; or, with ``direct``, that many direct
     workers (filter and sink in one process) alone."""
-    config_path = workdir / "logloom.yaml"
-    config_path.write_text(yaml.safe_dump(raw))
-    env = {key: value for key, value in os.environ.items() if key not in INHERITED_NOT}
-    workers = Workers(parse_config(raw))
-    stages = [f"filter-{index}" for index in range(1, filters + 1)] + ["sink"]
     if direct:
-        stages = [f"direct-{index}" for index in range(1, direct + 1)]
-    for name in stages:
-        log_path = workdir / f"{name}.log"
-        workers.logs[name] = log_path
-        with log_path.open("wb") as log_file:
-            workers.processes[name] = subprocess.Popen(
-                [*logloom_command(), "--config", str(config_path), "worker",
-                 "--stage", name.split("-")[0], "--metrics-port", "-1"],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                cwd=workdir, env=env,
-            )  # fmt: skip
-    return workers
-
-
-def stop_workers(workers: Workers) -> None:
-    for process in workers.processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in workers.processes.values():
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        return [f"direct-{index}" for index in range(1, direct + 1)]
+    return [f"filter-{index}" for index in range(1, filters + 1)] + ["sink"]
 
 
 def readers(client: redis.Redis) -> int:
@@ -254,7 +225,7 @@ def logloom_pipeline(
     output = root / "out.jsonl"
     raw = logloom_config(bench.url, root, output)
     client = redis.Redis(host=bench.host, port=bench.port)
-    workers = start_workers(raw, root, filters, direct)
+    workers = start_workers(raw, root, worker_names(filters, direct))
     try:
         wait_ready(client, workers)
         redis_pid = int(client.info("server")["process_id"])
@@ -269,7 +240,7 @@ def logloom_pipeline(
             produce(client, workers.config, workload.payloads)
         produced = time.perf_counter() - started
         producer_cpu = time.process_time() - cpu_started
-        wait_lines(output, workload.kept, "logloom end to end", lambda: alive(workers))
+        wait_lines(output, workload.kept, "logloom end to end", workers.problem)
         elapsed = time.perf_counter() - started
         cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         cpu["producer"] = producer_cpu
@@ -310,14 +281,6 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def alive(workers: Workers) -> str | None:
-    try:
-        workers.check_alive()
-    except BenchmarkError as exc:
-        return str(exc)
-    return None
 
 
 # --- both ---------------------------------------------------------------------------------

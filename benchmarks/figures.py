@@ -27,6 +27,7 @@ import redis
 
 from pipeline.config import Config, parse_config
 from pipeline.discovery import load_plugins
+from pipeline.health import GuardedPlugin
 from pipeline.stages.direct import DirectStage
 from pipeline.stages.filter import FilterStage
 from pipeline.stages.runner import StageLoop
@@ -229,11 +230,11 @@ def check_filtered(client: redis.Redis, stream: str, workload: Workload, figure:
         )
 
 
-def check_lines(path: Path, workload: Workload, figure: str) -> None:
+def check_lines(path: Path, expected: int, figure: str) -> None:
     with path.open("rb") as handle:
         lines = sum(1 for _ in handle)
-    if lines != workload.count:
-        raise BenchmarkError(f"{figure}: {path} has {lines} lines, expected {workload.count}")
+    if lines != expected:
+        raise BenchmarkError(f"{figure}: {path} has {lines} lines, expected {expected}")
 
 
 # --- (a) raw redis-py filter loop ---------------------------------------------------------
@@ -274,9 +275,7 @@ def filter_config() -> Config:
 def filter_worker(bench: Bench, workload: Workload) -> float:
     config = filter_config()
     client = connect(bench.url)
-    filters = load_plugins(config, types=["filter"])
-    if [plugin.name for plugin in filters] != ["log_filter_severity"]:
-        raise BenchmarkError("log_filter_severity did not load")
+    filters = load_enabled(config, ["filter"])
     last_id = load_stream(client, config.keys.ingest, workload.payloads)
     stage = FilterStage(config, filters)
     elapsed = time_stage(
@@ -400,29 +399,40 @@ def raw_sink_loop(bench: Bench, workload: Workload) -> float:
             out.flush()
             client.xack(RAW_SOURCE, RAW_GROUP, *(message_id for message_id, _ in messages))
         elapsed = time.perf_counter() - started
-    check_lines(path, workload, "raw redis-py sink loop")
+    check_lines(path, workload.count, "raw redis-py sink loop")
     client.close()
     return elapsed
 
 
-def sink_stage(bench: Bench, workload: Workload) -> float:
-    path = bench.workdir / "out.jsonl"
-    path.unlink(missing_ok=True)
-    config = parse_config(
+def jsonl_stage_config(path: Path, *filters: str) -> Config:
+    """The sink figures' config: ``filters``, then ``sink_jsonl`` writing ``path``, batches of
+    500 flushed at least every 50 ms."""
+    return parse_config(
         {
             "plugins": {
-                "enabled": ["sink_jsonl"],
+                "enabled": [*filters, "sink_jsonl"],
                 "config": {"sink_jsonl": {"path": str(path)}},
             },
             "sink": {"batch_size": 500, "flush_interval_ms": 50},
             "stages": {"block_ms": 10},
         }
     )
+
+
+def load_enabled(config: Config, types: list[str]) -> list[GuardedPlugin]:
+    """The enabled plugins of ``types``, loaded; BenchmarkError unless they all are."""
+    plugins = load_plugins(config, types=types)
+    if [plugin.name for plugin in plugins] != config.plugins.enabled:
+        raise BenchmarkError(f"{', '.join(config.plugins.enabled)} did not load")
+    return plugins
+
+
+def sink_stage(bench: Bench, workload: Workload) -> float:
+    path = bench.workdir / "out.jsonl"
+    path.unlink(missing_ok=True)
+    config = jsonl_stage_config(path)
     client = connect(bench.url)
-    sinks = load_plugins(config, types=["sink"])
-    if [plugin.name for plugin in sinks] != ["sink_jsonl"]:
-        raise BenchmarkError("sink_jsonl did not load")
-    (plugin,) = sinks
+    (plugin,) = load_enabled(config, ["sink"])
     last_id = load_stream(client, config.keys.filtered, workload.forwarded)
     stage = SinkStage(config, plugin, threading.Event())
     elapsed = time_stage(
@@ -432,7 +442,7 @@ def sink_stage(bench: Bench, workload: Workload) -> float:
         workload.count,
     )
     plugin.shutdown()
-    check_lines(path, workload, "logloom sink stage (sink_jsonl)")
+    check_lines(path, workload.count, "logloom sink stage (sink_jsonl)")
     client.close()
     return elapsed
 
@@ -442,34 +452,20 @@ def direct_stage(bench: Bench, workload: Workload) -> float:
     ``logloom worker --stage direct`` runs it; the file must hold the non-DEBUG entries."""
     path = bench.workdir / "direct.jsonl"
     path.unlink(missing_ok=True)
-    config = parse_config(
-        {
-            "plugins": {
-                "enabled": ["log_filter_severity", "sink_jsonl"],
-                "config": {"sink_jsonl": {"path": str(path)}},
-            },
-            "sink": {"batch_size": 500, "flush_interval_ms": 50},
-            "stages": {"block_ms": 10},
-        }
-    )
+    config = jsonl_stage_config(path, "log_filter_severity")
     client = connect(bench.url)
-    plugins = load_plugins(config, types=["filter", "sink"])
-    if [plugin.name for plugin in plugins] != ["log_filter_severity", "sink_jsonl"]:
-        raise BenchmarkError("log_filter_severity and sink_jsonl did not load")
+    severity, plugin = load_enabled(config, ["filter", "sink"])
     last_id = load_stream(client, config.keys.ingest, workload.payloads)
-    stage = DirectStage(config, plugins[:1], [], plugins[1], threading.Event())
+    stage = DirectStage(config, [severity], [], plugin, threading.Event())
     elapsed = time_stage(
         StageLoop(client, stage, config.stages, config.sink.batch_size),
         config.keys.ingest,
         last_id,
         workload.count,
     )
-    for plugin in plugins:
-        plugin.shutdown()
-    with path.open("rb") as handle:
-        lines = sum(1 for _ in handle)
-    if lines != workload.kept:
-        raise BenchmarkError(f"logloom direct stage: {lines} lines, expected {workload.kept}")
+    severity.shutdown()
+    plugin.shutdown()
+    check_lines(path, workload.kept, "logloom direct stage (filter, sink)")
     client.close()
     return elapsed
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,47 +97,65 @@ class Workers:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
-    def check_alive(self) -> None:
-        for stage, process in self.processes.items():
+    def problem(self) -> str | None:
+        """Which worker died, with the end of its log; None while all run."""
+        for name, process in self.processes.items():
             if process.poll() is not None:
-                tail = self.logs[stage].read_text(errors="replace")[-2000:]
-                raise BenchmarkError(
-                    f"{stage} worker exited with {process.returncode}; its log ends:\n{tail}"
-                )
+                tail = self.logs[name].read_text(errors="replace")[-2000:]
+                return f"{name} worker exited with {process.returncode}; its log ends:\n{tail}"
+        return None
+
+    def check_alive(self) -> None:
+        if found := self.problem():
+            raise BenchmarkError(found)
+
+
+def start_workers(raw: dict[str, Any], workdir: Path, names: Sequence[str]) -> Workers:
+    """``logloom worker`` processes on ``raw`` (written as YAML to ``workdir``), one per name:
+    ``<stage>`` or ``<stage>-<n>`` (``filter-2``), each logging to ``<name>.log``."""
+    config_path = workdir / "logloom.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    env = {key: value for key, value in os.environ.items() if key not in INHERITED_NOT}
+    workers = Workers(parse_config(raw))
+    try:
+        for name in names:
+            log_path = workdir / f"{name}.log"
+            workers.logs[name] = log_path
+            with log_path.open("wb") as log_file:
+                workers.processes[name] = subprocess.Popen(
+                    [*logloom_command(), "--config", str(config_path), "worker",
+                     "--stage", name.split("-")[0], "--metrics-port", "-1"],
+                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                    cwd=workdir, env=env,
+                )  # fmt: skip
+    except BaseException:
+        stop_workers(workers)
+        raise
+    return workers
+
+
+def stop_workers(workers: Workers) -> None:
+    """SIGTERM every worker, then wait for each (SIGKILL after STOP_TIMEOUT_S)."""
+    for process in workers.processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in workers.processes.values():
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @contextmanager
 def running_workers(client: redis.Redis, raw: dict[str, Any], workdir: Path) -> Iterator[Workers]:
-    """A filter and a sink worker on ``raw`` (written as YAML), ready (groups created);
-    SIGTERM and wait for both at the end."""
-    config = parse_config(raw)
-    config_path = workdir / "logloom.yaml"
-    config_path.write_text(yaml.safe_dump(raw))
-    env = {key: value for key, value in os.environ.items() if key not in INHERITED_NOT}
-    workers = Workers(config)
+    """A filter and a sink worker on ``raw``, ready (groups created); stopped at the end."""
+    workers = start_workers(raw, workdir, ["filter", "sink"])
     try:
-        for stage in ("filter", "sink"):
-            log_path = workdir / f"{stage}.log"
-            workers.logs[stage] = log_path
-            with log_path.open("wb") as log_file:
-                workers.processes[stage] = subprocess.Popen(
-                    [*logloom_command(), "--config", str(config_path), "worker", "--stage", stage,
-                     "--metrics-port", "-1"],
-                    stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    cwd=workdir, env=env,
-                )  # fmt: skip
         wait_ready(client, workers)
         yield workers
     finally:
-        for process in workers.processes.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in workers.processes.values():
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_workers(workers)
 
 
 def wait_ready(client: redis.Redis, workers: Workers, timeout_s: float = 30.0) -> None:

@@ -15,10 +15,7 @@ Exits 1 if an output stream is not exactly the non-DEBUG entries or anything was
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +27,11 @@ from typing import Any
 
 import orjson
 import redis
-import yaml
 
 from benchmarks.cluster import Cluster
 from benchmarks.e2e import cpu_seconds
 from benchmarks.figures import BenchmarkError, redis_server, run_and_report, wait_until
-from benchmarks.live import INHERITED_NOT, logloom_command
+from benchmarks.live import Workers, start_workers, stop_workers
 from benchmarks.machine import machine_facts, print_facts
 from pipeline.config import Config, parse_config
 from pipeline.keys import FILTER_GROUP
@@ -45,7 +41,6 @@ SEED = 7
 LOAD_BATCH = 1000
 TIMEOUT_S = 300.0
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
 WAKE = orjson.dumps({"level": "INFO", "module": "BENCH", "message": "go"})
 
 
@@ -145,22 +140,9 @@ def all_acknowledged(layout: Layout, streams: list[str]) -> bool:
 @contextmanager
 def filter_workers(
     layout: Layout, raw: dict[str, Any], count: int, workdir: Path
-) -> Iterator[tuple[list[int], Callable[[], str | None]]]:
-    """``count`` filter workers, each blocked in its first read; their pids and a check that
-    says which one died. SIGTERM and wait for all at the end."""
-    config_path = workdir / "logloom.yaml"
-    config_path.write_text(yaml.safe_dump(raw))
-    env = {key: value for key, value in os.environ.items() if key not in INHERITED_NOT}
-    command = [*logloom_command(), "--config", str(config_path), "worker", "--stage", "filter",
-               "--metrics-port", "-1"]  # fmt: skip
-    processes: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def problem() -> str | None:
-        for process, log_path in processes:
-            if process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                return f"a filter worker exited with {process.returncode}; its log ends:\n{tail}"
-        return None
+) -> Iterator[Workers]:
+    """``count`` filter workers, each blocked in its first read; stopped at the end."""
+    workers = start_workers(raw, workdir, [f"filter-{index}" for index in range(1, count + 1)])
 
     def all_reading() -> bool:
         blocked = sum(
@@ -172,28 +154,11 @@ def filter_workers(
         return blocked >= count * layout.partitions
 
     try:
-        for index in range(count):
-            log_path = workdir / f"filter-{index}.log"
-            with log_path.open("wb") as log_file:
-                process = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log_file,
-                    stderr=subprocess.STDOUT, cwd=workdir, env=env,
-                )  # fmt: skip
-            processes.append((process, log_path))
-        wait_until(all_reading, READY_TIMEOUT_S, "the workers to block in a read", problem)
-        yield [process.pid for process, _ in processes], problem
-        if found := problem():
-            raise BenchmarkError(found)
+        wait_until(all_reading, READY_TIMEOUT_S, "the workers to block in a read", workers.problem)
+        yield workers
+        workers.check_alive()
     finally:
-        for process, _ in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process, _ in processes:
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_workers(workers)
 
 
 def one_run(layout: Layout, workers: int, payloads: list[bytes], kept: int, workdir: Path) -> Run:
@@ -201,12 +166,14 @@ def one_run(layout: Layout, workers: int, payloads: list[bytes], kept: int, work
     config = parse_config(raw)
     streams = load(layout, config, payloads)
     redis_pids = [int(node.info("server")["process_id"]) for node in layout.nodes.values()]
-    with filter_workers(layout, raw, workers, workdir) as (worker_pids, problem):
-        pids = redis_pids + worker_pids
+    with filter_workers(layout, raw, workers, workdir) as running:
+        pids = redis_pids + [process.pid for process in running.processes.values()]
         before = [cpu_seconds(pid) for pid in pids]
         started = time.perf_counter()
         release(layout, streams)
-        wait_until(lambda: all_acknowledged(layout, streams), TIMEOUT_S, "the last ack", problem)
+        wait_until(
+            lambda: all_acknowledged(layout, streams), TIMEOUT_S, "the last ack", running.problem
+        )
         elapsed = time.perf_counter() - started
         used = [cpu_seconds(pid) - was for pid, was in zip(pids, before, strict=True)]
     forwarded = sum(int(layout.node_for(part.filtered).xlen(part.filtered))
