@@ -62,12 +62,33 @@ def read_route(client: redis.Redis, stream: str) -> ClusterNode | None:
 
 def route(client: redis.Redis, command: Command) -> dict[str, Any]:
     """``target_nodes`` for one queued write on a cluster (see :func:`read_route`): the node of
-    its first key, which is EVAL's first after numkeys and any other command's first argument
-    (true of every write a stage queues); {} elsewhere."""
+    its first key; {} elsewhere."""
     if not isinstance(client, RedisCluster):
         return {}
-    key = command[3] if command[0] in ("EVAL", "EVALSHA") else command[1]
-    return {"target_nodes": client.get_node_from_key(key)}
+    return {"target_nodes": client.get_node_from_key(_first_key(command))}
+
+
+def _first_key(command: Command) -> Any:
+    """EVAL's first key after numkeys, any other command's first argument: true of every
+    write a stage queues."""
+    return command[3] if command[0] in ("EVAL", "EVALSHA") else command[1]
+
+
+def split_by_node(
+    client: redis.Redis, commands: Sequence[Command], key: str
+) -> tuple[list[Command], list[Command]]:
+    """``(those served by the node of key, the rest)``: on a cluster, the writes that may
+    travel in an :func:`exchange` with ``key``'s node, and those (a tap record) that must
+    go through the cluster client. Elsewhere all of them are ``key``'s."""
+    if not isinstance(client, RedisCluster):
+        return list(commands), []
+    slot = client.keyslot(key)
+    here: list[Command] = []
+    elsewhere: list[Command] = []
+    for command in commands:
+        same = client.keyslot(_first_key(command)) == slot
+        (here if same else elsewhere).append(command)
+    return here, elsewhere
 
 
 def node_client(client: redis.Redis, key: str) -> redis.Redis:
@@ -257,6 +278,15 @@ def idle_pending(
         for row in rows
         if row["consumer"] not in (mine, exclude)
     ]
+
+
+def own_pending(
+    client: redis.Redis, stream: str, group: str, consumer: str, count: int
+) -> list[bytes]:
+    """IDs of up to ``count`` entries pending for ``consumer``, oldest first."""
+    rows = client.xpending_range(stream, group, min="-", max="+", count=count,
+                                 consumername=consumer)  # fmt: skip
+    return [cast(bytes, row["message_id"]) for row in rows]
 
 
 def claim(

@@ -96,16 +96,18 @@ def test_a_sink_delivers_each_entry_once_after_a_lost_connection(
     stop = threading.Event()
     stage = SinkStage(config, plugin, stop)
     loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
-    real_execute = redis.client.Pipeline.execute
-    calls = {"n": 0}
+    real_exchange = streams.exchange
+    calls = {"n": 0, "dropped": 0}
 
-    def drop_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def drop_once(client: redis.Redis, commands: Any, meanwhile: Any) -> Any:
         calls["n"] += 1
-        if calls["n"] == 3 and stage.buffer:  # entries read and buffered, not yet flushed
-            raise redis.ConnectionError("connection reset by peer")
-        return real_execute(self, *args, **kwargs)
+        if not calls["dropped"] and stage.buffer:  # entries read and buffered, not yet flushed
+            calls["dropped"] += 1
+            real_exchange(client, commands, meanwhile)
+            raise redis.ConnectionError("connection reset by peer (replies lost)")
+        return real_exchange(client, commands, meanwhile)
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", drop_once)
+    monkeypatch.setattr(streams, "exchange", drop_once)
     worker = threading.Thread(target=loop.run, args=(stop,))
     worker.start()
     try:
@@ -120,9 +122,71 @@ def test_a_sink_delivers_each_entry_once_after_a_lost_connection(
         worker.join(10)
         plugin.shutdown()
         client.close()
-    assert calls["n"] > 3, "the connection was dropped once"
+    assert calls["dropped"] == 1 and calls["n"] > 3, "the connection was dropped once"
     numbers = [orjson.loads(line)["n"] for line in out.read_bytes().splitlines()]
     assert sorted(numbers) == list(range(20)), "each entry delivered exactly once"
+
+
+def test_a_sink_disabled_with_a_batch_in_hand_gives_it_back_for_peers_to_take(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink loop reads its next batch while flushing the last. Disabled at run time with
+    a batch read but not handled, it leaves that batch pending instead of keeping it in
+    memory: a peer that reclaims it delivers it, and this worker, once enabled, does not."""
+    out = tmp_path / "out.jsonl"
+    config = parse_config(
+        {
+            "redis": {"url": redis_url},
+            "stages": {"block_ms": 20, "batch_size": 10},
+            "sink": {"batch_size": 10, "flush_interval_ms": 50},
+            "plugins": {"enabled": ["sink_jsonl"], "config": {"sink_jsonl": {"path": str(out)}}},
+        }
+    )
+    client = connect(redis_url)
+    filtered = config.keys.filtered
+    for n in range(100):
+        client.xadd(filtered, {"entry": orjson.dumps({"message": f"m{n}", "n": n})})
+    (plugin,) = load_plugins(config, types=["sink"])
+    stop = threading.Event()
+    stage = SinkStage(config, plugin, stop)
+    loop = StageLoop(client, stage, config.stages, config.sink.batch_size)
+    real_exchange = streams.exchange
+    calls = {"n": 0}
+
+    def disable_after_the_second_read(client: redis.Redis, commands: Any, meanwhile: Any) -> Any:
+        replies = real_exchange(client, commands, meanwhile)
+        calls["n"] += 1
+        if calls["n"] == 2:  # its 10 entries are in hand, the 10 before flushed
+            plugin.enabled = False
+        return replies
+
+    monkeypatch.setattr(streams, "exchange", disable_after_the_second_read)
+    worker = threading.Thread(target=loop.run, args=(stop,))
+    worker.start()
+    try:
+        wait_for(lambda: not plugin.enabled and stage.paused(), 10, "the pause")
+        time.sleep(0.3)
+        pending = client.xpending_range(filtered, stage.group, "-", "+", 100)
+        assert len(pending) == 10 and {row["consumer"] for row in pending} == {
+            loop.consumer.encode()
+        }, "the batch in hand stays pending for this worker"
+        taken = [row["message_id"] for row in pending]
+        claimed = client.xclaim(filtered, stage.group, "peer", 0, taken)  # a peer takes it
+        client.xack(filtered, stage.group, *taken)  # and delivers it
+        peers = {orjson.loads(fields[b"entry"])["n"] for _, fields in claimed}
+        plugin.enabled = True
+        wait_for(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 90, 15, "delivery")
+        wait_for(
+            lambda: client.xpending(filtered, stage.group)["pending"] == 0, 10, "acknowledgements"
+        )
+    finally:
+        stop.set()
+        worker.join(10)
+        plugin.shutdown()
+    numbers = [orjson.loads(line)["n"] for line in out.read_bytes().splitlines()]
+    client.close()
+    assert len(peers) == 10
+    assert sorted(numbers) == sorted(set(range(100)) - peers), "the peer's entries not again"
 
 
 def test_the_filter_loop_forwards_each_entry_once_when_the_connection_drops_mid_batch(

@@ -35,7 +35,7 @@ from pipeline.tap import TapSwitch
 class DirectStage:
     """The filter chain, then one sink, on the ingest stream through the sink's direct group."""
 
-    overlaps_reads = False  # the sink pauses while disabled and holds entries between batches
+    overlaps_reads = True  # as the sink's (SinkStage)
 
     def __init__(
         self,

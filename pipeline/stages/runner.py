@@ -55,9 +55,8 @@ class Stage(Protocol):
     them with its next read, in the same round trip."""
 
     overlaps_reads: bool
-    """True for a stage that may be handed a batch while the loop's next read is on its way
-    (it never pauses and holds nothing between batches): the loop then handles each batch
-    during the round trip that reads the next one."""
+    """True for a stage that may be handed a batch while the loop's next read is on its way:
+    the loop then handles each batch during the round trip that reads the next one."""
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Process one batch read from ``stream``, queueing its writes in ``outbox``."""
@@ -103,13 +102,16 @@ def consumer_name() -> str:
 class StageLoop:
     """Drives one stage. A batch's writes travel with the next read: one round trip per batch.
 
-    For a stage that ``overlaps_reads`` (the filter stage), the round trip also overlaps the
-    work: the loop sends the last batch's writes and the next read, handles the batch in hand
-    while Redis runs them, then takes the reply as its next batch in hand.
-    Python and Redis work side by side, on two cores, instead of taking turns; two batches are
-    pending at most, as their entries await acknowledgement. A read blocks only when nothing
-    is in hand, and it travels behind the writes, so writes never wait for it; at low load an
-    entry costs one more (non-blocking) round trip than it would without the overlap.
+    For a stage that ``overlaps_reads`` (filter, sink and direct stages; not the ai stage,
+    which waits for RQ), the round trip also overlaps the work: the loop sends the last batch's
+    writes and the next read, handles the batch in hand while Redis runs them, then takes the
+    reply as its next batch in hand. Python and Redis work side by side, on two cores, instead
+    of taking turns; one batch more is pending (besides what a sink buffers) as its entries
+    await acknowledgement. A read blocks only when nothing is in hand, and it travels behind
+    the writes, so writes never wait for it; at low load an entry costs one more
+    (non-blocking) round trip than it would without the overlap. A stage that pauses gives
+    back the batch in hand (:meth:`_give_back`); one that holds entries through an outage keeps
+    those of the read on its way claimed too (:meth:`_claim_again`).
 
     If Redis fails mid-batch, the stage is reset and the loop re-reads this consumer's own
     pending entries (XREADGROUP from ``0``) before new ones: writes that went through acked
@@ -141,8 +143,20 @@ class StageLoop:
 
     def _claim_again(self, stream: str, ids: list[bytes]) -> None:
         """XCLAIM ``ids`` for this consumer again, JUSTID: their idle time starts over and
-        their delivery count stays, so a peer's reclaim leaves entries we still hold alone."""
-        self.client.xclaim(stream, self.stage.group, self.consumer, 0, list[Any](ids), justid=True)
+        their delivery count stays, so a peer's reclaim leaves entries we still hold alone.
+
+        With reads overlapping, a stage that holds entries (in :meth:`Stage.handle`) may have
+        a read on its way whose entries it does not know yet, though Redis counts them as
+        ours: so every entry pending for this consumer is claimed again, those among them.
+        """
+        if self._overlap:
+            ids = streams.own_pending(
+                self.client, stream, self.stage.group, self.consumer, len(ids) + 2 * self.batch_size
+            )
+        if ids:
+            self.client.xclaim(
+                stream, self.stage.group, self.consumer, 0, list[Any](ids), justid=True
+            )
 
     def ensure_groups(self) -> None:
         for stream in self.stage.streams:
@@ -200,6 +214,15 @@ class StageLoop:
         self.stage.reset()
         self._own_cursor = dict.fromkeys(self.stage.streams, "0")
 
+    def _give_back(self) -> None:
+        """A paused stage takes no entries, so the batch in hand is left pending, to read
+        again (from this consumer's pending list) once it resumes; a peer may reclaim it
+        meanwhile. A stage pauses with nothing buffered, so the re-read brings back only
+        what was in hand."""
+        if self._in_hand:
+            self._in_hand = []
+            self._own_cursor = dict.fromkeys(self.stage.streams, "0")
+
     def _pipeline_with_outbox(self) -> redis.client.Pipeline:
         """A pipeline holding the stage's queued writes, which leave the outbox."""
         pipe = self.client.pipeline(transaction=False)
@@ -222,6 +245,7 @@ class StageLoop:
 
     def step(self) -> None:
         if self.stage.paused():
+            self._give_back()
             self._send_outbox()
             self.stage.tick()
             time.sleep(PAUSED_POLL_S)
@@ -247,9 +271,10 @@ class StageLoop:
         )
         overlap = self._overlap and own is None
         if overlap:
-            writes = list(self.stage.outbox)
-            self.stage.outbox.clear()
-            target = streams.node_client(self.client, self.stage.streams[0])
+            key, outbox = self.stage.streams[0], self.stage.outbox
+            writes, outbox[:] = streams.split_by_node(self.client, outbox, key)
+            self._send_outbox()  # on a cluster, what the partition's node does not serve
+            target = streams.node_client(self.client, key)
             replies = streams.exchange(target, [*writes, read], lambda: self._handle(in_hand))
         else:
             pipe = self._pipeline_with_outbox()

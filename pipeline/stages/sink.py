@@ -81,7 +81,10 @@ class SinkStage:
         else:
             self.name, self.group = f"sink:{plugin.name}", keys.sink_group(plugin.name)
             source = keys.filtered
-        self.overlaps_reads = False  # pauses while disabled; buffers entries between batches
+        # The loop reads the next batch while this one is buffered and flushed; when the sink
+        # is disabled it gives back what it has read, and while a flush holds a batch it keeps
+        # everything pending for it claimed (runner.StageLoop).
+        self.overlaps_reads = True
         self.streams: tuple[str, ...] = (source, keys.sink_replay(plugin.name))
         self.max_entry_bytes = config.ingest.max_entry_bytes
         self.batch_size = config.sink.batch_size
