@@ -135,6 +135,12 @@ def test_producer_batches_arrive_whole_in_order_and_a_refusal_is_raised(
     stored = [fields[b"entry"] for _, fields in client.xrange(KEYS.ingest)]
     assert stored == sent
     client.delete(KEYS.ingest)
+    producer.send_many([sent[0].decode(), bytearray(sent[1]), {"message": "m2", "n": 2}])
+    stored = [fields[b"entry"] for _, fields in client.xrange(KEYS.ingest)]
+    assert stored == [sent[0], sent[1], sent[2]], "text, bytes-like and dicts alike"
+    with pytest.raises(TypeError, match="not a int"):
+        producer.send(7)  # type: ignore[arg-type]
+    client.delete(KEYS.ingest)
     client.set(KEYS.ingest, "not a stream")
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
         Producer(client, KEYS, batch=10).send_many([{"message": "x"}] * 3)

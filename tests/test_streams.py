@@ -58,6 +58,45 @@ def test_forward_and_ack_writes_nothing_when_a_key_has_the_wrong_type(client: re
     assert client.xlen("dst") == 0 and client.xpending("src", "g")["pending"] == 1
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"protocol": 2}, {"parser_class": redis.connection._RESP3Parser, "protocol": 3}],
+    ids=["hiredis-resp3", "hiredis-resp2", "python-parser"],
+)
+def test_exchange_answers_each_command_in_order_with_refusals_in_place(
+    redis_url: str, options: dict[str, Any]
+) -> None:
+    """:func:`streams.exchange` reads replies off redis-py's hiredis reader itself, or through
+    redis-py with any other parser: the same answers either way, also for replies larger than
+    one socket read and with RESP3 push messages arriving in between."""
+    client = redis.Redis.from_url(redis_url, **options)
+    other = redis.Redis.from_url(redis_url)
+    client.set("plain", "not a stream")
+    big = [("XADD", "big", "*", "entry", b"x" * 200) for _ in range(2000)]
+    replies = streams.exchange(
+        client,
+        [
+            ("XADD", "s", "1-1", "entry", "{}"),
+            ("XADD", "plain", "*", "entry", "{}"),
+            ("EVALSHA", "0" * 40, 0),
+            *big,
+            ("XRANGE", "big", "-", "+"),
+        ],
+    )
+    assert replies[0] == b"1-1"
+    assert isinstance(replies[1], redis.ResponseError) and "WRONGTYPE" in str(replies[1])
+    assert isinstance(replies[2], redis.exceptions.NoScriptError)
+    assert len(replies) == 2004 and len(replies[-1]) == 2000
+    assert replies[-1][0][1] == [b"entry", b"x" * 200], "replies as Redis sends them"
+    if client.connection_pool.connection_kwargs.get("protocol", 3) == 3:
+        streams.exchange(client, [("CLIENT", "TRACKING", "ON"), ("GET", "plain")])
+        other.set("plain", "changed")  # an invalidation is pushed to the tracking connection
+        time.sleep(0.1)
+        assert streams.exchange(client, [("PING",), ("GET", "plain")]) == [b"PONG", b"changed"]
+    client.close()
+    other.close()
+
+
 def test_trimming_keeps_what_any_group_still_needs(client: redis.Redis) -> None:
     assert trim_acknowledged(client, "missing") == 0
     for n in range(100):
