@@ -29,7 +29,7 @@ from redis.crc import key_slot
 
 from benchmarks.cluster import Cluster
 from benchmarks.figures import BenchmarkError
-from pipeline import dlq, metrics, status
+from pipeline import dlq, metrics, status, tap
 from pipeline.config import parse_config
 from pipeline.keys import Keys
 from pipeline.producer import Producer
@@ -394,4 +394,73 @@ def test_a_filter_loop_follows_its_partition_to_another_master(
     assert "hash slot moved" in caplog.text, "the loop met the move"
     numbers = [json.loads(fields[b"entry"])["n"] for _, fields in client.xrange(part.filtered)]
     assert sorted(numbers) == list(range(3000)), "each entry forwarded exactly once"
+    client.close()
+
+
+def test_a_tapped_filter_loop_sends_tap_records_to_their_own_master(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tap record goes to ``<prefix>:tap``, a key of no partition, here served by another
+    master than the partition's. It leaves through the cluster client, not in the exchange with
+    the partition's master (which would answer MOVED: an error logged and the batch read again,
+    for every batch): each entry forwarded once, each batch recorded once, no error logged."""
+    monkeypatch.setattr(tap, "REQUEST_TTL_S", 60.0)  # the tap stays on however slow the machine
+    config = parse_config(
+        {
+            "redis": {"url": cluster.url, "cluster": True, "partitions": 2, "prefix": "tapped"},
+            "stages": {"block_ms": 20, "batch_size": 50},
+        }
+    )
+    client = connect(cluster.url, cluster=True)
+    assert isinstance(client, RedisCluster)
+    tap_key = config.keys.tap
+    part = config.keys.partitions()[0]
+    tap_port = cluster.owner(tap_key)
+    assert cluster.owner(part.ingest) != tap_port, "the tap must live on another master"
+    assert client.keyslot(part.ingest) != client.keyslot(tap_key)
+    assert client.get_node_from_key(part.ingest).port != client.get_node_from_key(tap_key).port
+    count = 3000
+    client.delete(tap_key, part.ingest, part.filtered)  # nothing left by an earlier run
+    pipe = client.pipeline(transaction=False)
+    for n in range(count):
+        pipe.xadd(part.ingest, {"entry": json.dumps({"message": f"m{n}", "n": n})})
+    pipe.execute()
+
+    switch = tap.TapSwitch(worker="tapped-worker")
+    switch.request("filter")
+    stage = FilterStage(config, filters=[], tap=switch, keys=part)
+    loop = StageLoop(client, stage, config.stages, config.stages.batch_size)
+    loop.ensure_groups()
+    stop = threading.Event()
+    worker = threading.Thread(target=loop.run, args=(stop,))
+
+    def forwarded() -> bool:
+        errors = [r for r in caplog.records if r.name == "logloom.stage"]
+        assert not errors, f"the loop logged errors: {caplog.text}"  # fail at the first one
+        return client.xlen(part.filtered) >= count
+
+    with caplog.at_level(logging.ERROR, "logloom.stage"):
+        worker.start()
+        try:
+            wait_for(forwarded, 20, "every entry forwarded")
+            wait_for(lambda: client.xpending(part.ingest, "filter")["pending"] == 0, 10, "the acks")
+        finally:
+            stop.set()
+            worker.join(10)
+    assert not worker.is_alive()
+    assert "slot moved" not in caplog.text and "Redis unavailable" not in caplog.text
+    assert not caplog.records, caplog.text
+    numbers = [json.loads(fields[b"entry"])["n"] for _, fields in client.xrange(part.filtered)]
+    assert sorted(numbers) == list(range(count)), "each entry forwarded exactly once"
+
+    # Every batch recorded once (50 entries a batch: a record holds them all), on the tap's master.
+    by_port = dict(zip(cluster.ports, cluster.nodes, strict=True))
+    assert by_port[tap_port].xlen(tap_key) == client.xlen(tap_key) > 0
+    records = [json.loads(fields[b"record"]) for _, fields in client.xrange(tap_key)]
+    assert {(r["stage"], r["worker"]) for r in records} == {("filter", "tapped-worker")}
+    assert sum(r["batch"] for r in records) == count, "each batch recorded once"
+    tapped = Counter(item["entry"]["n"] for r in records for item in r["entries"])
+    assert set(tapped) == set(range(count)) and max(tapped.values()) == 1
+    assert {item["outcome"] for r in records for item in r["entries"]} == {"forwarded"}
+    client.delete(tap_key, part.ingest, part.filtered)
     client.close()

@@ -11,7 +11,7 @@ import pytest
 from pipeline.entry import (
     Entry,
     decode,
-    decode_forwarded,
+    decode_batch,
     normalise_level,
     original_json,
     timestamp_from_id,
@@ -184,10 +184,15 @@ def test_forwarded_json_is_the_normalised_entry(raw: bytes) -> None:
         {b"entry": b'{"level":"INFO","module":"","lang_key":"a.b","timestamp":"t"}'},
     ],
 )
-def test_decode_forwarded_equals_decode(fields: dict[bytes, bytes]) -> None:
-    assert decode_forwarded(ID, fields, LIMIT) == decode(ID, fields, LIMIT)
+def test_the_batch_decoder_equals_decode(fields: dict[bytes, bytes]) -> None:
+    (decoded,), _ = decode_batch([(ID, fields)], LIMIT)
+    assert decoded[1:] == decode(ID, fields, LIMIT)
 
 
-def test_decode_forwarded_still_rejects_what_decode_rejects() -> None:
-    with pytest.raises(MalformedEntry, match="bad JSON"):
-        decode_forwarded(ID, {b"entry": b"{nope"}, LIMIT)
+def test_the_batch_decoder_rejects_what_decode_rejects_and_keeps_the_order() -> None:
+    batch = [(b"1-0", json_fields({"message": "a"})), (b"1-1", {b"entry": b"{nope"}),
+             (b"1-2", {b"level": b"INFO", b"message": b"c"})]  # fmt: skip
+    decoded, malformed = decode_batch(batch, LIMIT)
+    assert [message_id for message_id, _, _ in decoded] == [b"1-0", b"1-2"]
+    ((message_id, fields, reason),) = malformed
+    assert (message_id, fields) == batch[1] and reason.startswith("bad JSON")

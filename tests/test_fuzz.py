@@ -38,7 +38,7 @@ from pipeline.entry import (
     LEVELS,
     Entry,
     decode,
-    decode_forwarded,
+    decode_batch,
     encode,
     normalise_level,
     original_json,
@@ -330,28 +330,60 @@ def test_both_encodings_decode_alike(stream_id: bytes, obj: dict[str, Any]) -> N
         assert orjson.loads(from_flat[1]) == orjson.loads(from_json[1])
 
 
+def decode_alone(stream_id: bytes, fields: dict[bytes, bytes], limit: int) -> tuple[Entry, bytes]:
+    """:func:`decode_batch` of a batch of one, answering as :func:`decode` does."""
+    decoded, malformed = decode_batch([(stream_id, fields)], limit)
+    if malformed:
+        raise MalformedEntry(malformed[0][2])
+    return decoded[0][1], decoded[0][2]
+
+
 @fuzz(250)
-@given(stream_id=STREAM_IDS, fields=STREAM_FIELDS, limit=LIMITS)
+@given(batch=st.lists(st.tuples(STREAM_IDS, STREAM_FIELDS), min_size=1, max_size=6), limit=LIMITS)
 @example(
-    b"1-0",
-    {b"entry": b'{"level":"INFO","timestamp":"t","module":"","message":5,"lang_key":"k"}'},
+    [
+        (
+            b"1-0",
+            {b"entry": b'{"level":"INFO","timestamp":"t","module":"","message":5,"lang_key":"k"}'},
+        )
+    ],
     65536,
 )
 @example(
-    b"1-0",
-    {b"entry": b'{"level":"INFO","timestamp":"t","module":"","message":"m","lang_key":5}'},
+    [
+        (
+            b"1-0",
+            {b"entry": b'{"level":"INFO","timestamp":"t","module":"","message":"m","lang_key":5}'},
+        )
+    ],
     65536,
 )
-def test_decode_forwarded_agrees_with_decode(
-    stream_id: bytes, fields: dict[bytes, bytes], limit: int
+@example(
+    [(b"1-0", {b"entry": b'{"level":"INFO","module":"","message":"m","timestamp":null}'}),
+     (b"1-1", {b"entry": b'{"level":"INFO","module":"","message":"m"}'}),
+     (b"2001-0", {b"entry": b'{"level":"INFO","module":"","message":"m"}'})],
+    65536,
+)  # fmt: skip
+def test_the_batch_decoder_agrees_with_decode(
+    batch: list[tuple[bytes, dict[bytes, bytes]]], limit: int
 ) -> None:
-    """The sinks' cheap decoder takes a shortcut, never a different decision: on any input it
-    gives what the full decoder gives."""
-    full = decode_or_none(decode, stream_id, fields, limit)
-    fast = decode_or_none(decode_forwarded, stream_id, fields, limit)
-    assert (full is None) == (fast is None)
-    if full is not None and fast is not None:
-        assert fast[0] == full[0] and fast[1] == full[1]
+    """The stages' batch decoder takes a shortcut, never a different decision: on any batch
+    each entry gets what :func:`decode` gives it alone, the same reason when malformed, in the
+    batch's order."""
+    decoded, malformed = decode_batch(batch, limit)
+    expected_decoded, expected_malformed = [], []
+    for stream_id, fields in batch:
+        try:
+            entry, payload = decode(stream_id, fields, limit)
+        except MalformedEntry as exc:
+            expected_malformed.append((stream_id, fields, str(exc)))
+            continue
+        expected_decoded.append((stream_id, entry, payload))
+    assert malformed == expected_malformed
+    assert [(i, dict(e), p) for i, e, p in decoded] == [
+        (i, dict(e), p) for i, e, p in expected_decoded
+    ]
+    assert all(type(entry) is Entry and entry.to_json() == p for _, entry, p in decoded)
 
 
 @fuzz(250)
@@ -363,7 +395,7 @@ def test_forwarded_payload_decodes_to_itself(stream_id: bytes, fields: dict[byte
     if decoded is None:
         return
     entry, payload = decoded
-    for decoder in (decode, decode_forwarded):
+    for decoder in (decode, decode_alone):
         again, again_payload = decoder(b"99-0", {ENTRY_FIELD: payload}, 1 << 20)
         assert again == entry and again_payload == payload
 

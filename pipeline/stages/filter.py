@@ -17,8 +17,7 @@ from redis.typing import EncodableT, FieldT
 
 from pipeline import dlq, outputs
 from pipeline.config import Config
-from pipeline.entry import Entry, decode, original_json
-from pipeline.errors import MalformedEntry
+from pipeline.entry import Entry, decode_batch, original_json
 from pipeline.health import GuardedPlugin
 from pipeline.keys import FILTER_GROUP, Keys
 from pipeline.lang import LangResolver
@@ -90,20 +89,12 @@ class FilterStage:
         entries: list[Entry] = []
         payloads: list[bytes] = []
         rejected: list[str] = []
-        for message_id, fields in messages:
-            try:
-                entry, payload = decode(message_id, fields, self.max_entry_bytes)
-            except MalformedEntry as exc:
-                letters.append(
-                    (
-                        self.keys.dlq("ingest"),
-                        self._letter(
-                            original_json(fields), str(exc), "", "ingest", stream, message_id
-                        ),
-                    )
-                )
-                rejected.append(str(exc))
-                continue
+        decoded, malformed = decode_batch(messages, self.max_entry_bytes)
+        for message_id, fields, error in malformed:
+            letter = self._letter(original_json(fields), error, "", "ingest", stream, message_id)
+            letters.append((self.keys.dlq("ingest"), letter))
+            rejected.append(error)
+        for message_id, entry, payload in decoded:
             ids.append(message_id)
             entries.append(entry)
             payloads.append(payload)

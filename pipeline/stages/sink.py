@@ -23,8 +23,7 @@ import redis
 
 from pipeline import dlq, outputs
 from pipeline.config import Config
-from pipeline.entry import Entry, decode_forwarded, original_json, with_stream_id
-from pipeline.errors import MalformedEntry
+from pipeline.entry import Entry, decode_batch, original_json, with_stream_id
 from pipeline.health import GuardedPlugin
 from pipeline.keys import Keys
 from pipeline.metrics import (
@@ -112,27 +111,22 @@ class SinkStage:
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Decode and buffer; flush when a batch is full."""
-        decoded: list[tuple[bytes, Entry, bytes]] = []
-        bad: list[tuple[Message, str]] = []
-        for message_id, fields in messages:
-            try:
-                entry, payload = decode_forwarded(message_id, fields, self.max_entry_bytes)
-            except MalformedEntry as exc:
-                bad.append(((message_id, fields), f"undecodable entry on {stream}: {exc}"))
-                continue
-            decoded.append((message_id, entry, payload))
+        decoded, malformed = decode_batch(messages, self.max_entry_bytes)
         ENTRIES_IN.labels(self.name).inc(len(messages))
-        for message, error in bad:
-            self.reject(stream, [message], error)
+        for message_id, fields, error in malformed:
+            self.reject(
+                stream, [(message_id, dict(fields))], f"undecodable entry on {stream}: {error}"
+            )
         self.take(stream, decoded)
 
     def take(self, stream: str, decoded: list[tuple[bytes, Entry, bytes]]) -> None:
         """Buffer entries read from ``stream`` as ``(stream ID, entry, its JSON)``; flush when a
         batch is full. Each is acknowledged on ``stream`` once delivered or dead-lettered."""
         prefix = self.id_prefixes[stream]
+        buffer = self.buffer
         for message_id, entry, payload in decoded:
-            with_stream_id(entry, f"{prefix}{message_id.decode()}" if prefix else message_id)
-            self.buffer.append(Buffered(stream, message_id, entry, payload))
+            with_stream_id(entry, message_id, prefix)
+            buffer.append(Buffered(stream, message_id, entry, payload))
         if self.buffer and self.deadline is None:
             self.deadline = time.monotonic() + self.interval_s
         while len(self.buffer) >= self.batch_size:

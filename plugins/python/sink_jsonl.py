@@ -65,8 +65,20 @@ def _line(entry):
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
 
+def _lines(entries):
+    """Every entry's line: joined in one go when each is an Entry whose JSON has no line
+    break (one scan of the result tells), else one by one."""
+    try:
+        data = b"\n".join([entry.to_json() for entry in entries]) + b"\n"
+    except (AttributeError, TypeError):  # a plain dict; JSON that is not bytes
+        return b"".join(_line(entry) for entry in entries)
+    if data.count(b"\n") == len(entries) and b"\r" not in data:
+        return data
+    return b"".join(_line(entry) for entry in entries)
+
+
 def flush(entries):
-    data = b"".join(_line(entry) for entry in entries)
+    data = _lines(entries)
     handle = state["file"]
     if handle.tell() > 0 and handle.tell() + len(data) > int(settings["max_bytes"]):
         _rotate()
