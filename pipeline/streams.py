@@ -156,13 +156,20 @@ def exchange(
     cluster, ``client`` is a node's (:func:`node_client`) and nothing is redirected: a MOVED or
     ASK answer comes back as the reply, for the caller to :func:`refresh_routes` and retry.
     """
+    packed = b"".join([pack_command(command) for command in commands])
+    return exchange_packed(client, packed, len(commands), meanwhile)
+
+
+def exchange_packed(
+    client: redis.Redis, packed: bytes, count: int, meanwhile: Callable[[], None] = lambda: None
+) -> list[Any]:
+    """:func:`exchange` of ``count`` commands packed in RESP already."""
     pool = client.connection_pool
     connection = pool.get_connection()
     try:
-        packed = b"".join(pack_command(command) for command in commands)
         connection.send_packed_command([packed])  # type: ignore[no-untyped-call]
         meanwhile()
-        return _read_replies(connection, len(commands))
+        return _read_replies(connection, count)
     except BaseException:
         connection.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread
         raise
@@ -192,7 +199,9 @@ def _read_replies(connection: Any, count: int) -> list[Any]:
     replies: list[Any] = []
     while len(replies) < count:
         reply = reader.gets()
-        if reply is _NOT_ENOUGH_DATA or reply is False:
+        if type(reply) is bytes:  # first: the cheapest check, and what XADD answers
+            replies.append(reply)
+        elif reply is _NOT_ENOUGH_DATA or reply is False:
             parser.read_from_socket()  # type: ignore[no-untyped-call]
         elif isinstance(reply, redis.ConnectionError):  # e.g. "max number of clients reached"
             raise reply

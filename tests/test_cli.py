@@ -135,9 +135,10 @@ def test_producer_batches_arrive_whole_in_order_and_a_refusal_is_raised(
     stored = [fields[b"entry"] for _, fields in client.xrange(KEYS.ingest)]
     assert stored == sent
     client.delete(KEYS.ingest)
-    producer.send_many([sent[0].decode(), bytearray(sent[1]), {"message": "m2", "n": 2}])
+    crlf = b'{"message":\r\n"*5\r\n$4\r\n"}'  # RESP-looking bytes stay the payload's
+    producer.send_many([sent[0].decode(), bytearray(sent[1]), {"message": "m2", "n": 2}, crlf])
     stored = [fields[b"entry"] for _, fields in client.xrange(KEYS.ingest)]
-    assert stored == [sent[0], sent[1], sent[2]], "text, bytes-like and dicts alike"
+    assert stored == [sent[0], sent[1], sent[2], crlf], "text, bytes-like and dicts alike"
     with pytest.raises(TypeError, match="not a int"):
         producer.send(7)  # type: ignore[arg-type]
     client.delete(KEYS.ingest)
