@@ -66,7 +66,7 @@ class FilterStage:
 
     def handle(self, stream: str, messages: list[Message]) -> None:
         """Judge the batch, and queue the one command that forwards, dead-letters and acks."""
-        kept, letters = self.judge(stream, messages)
+        kept, _, letters = self.judge(stream, messages)
         self.outbox.append(
             forward_and_ack(
                 stream,
@@ -78,22 +78,25 @@ class FilterStage:
             )
         )
 
-    def judge(
-        self, stream: str, messages: list[Message]
-    ) -> tuple[list[tuple[bytes, Entry, bytes]], list[tuple[str, dict[FieldT, EncodableT]]]]:
+    def judge(self, stream: str, messages: list[Message]) -> tuple[
+        list[tuple[bytes, Entry, bytes]], list[bytes], list[tuple[str, dict[FieldT, EncodableT]]]
+    ]:  # fmt: skip
         """Decode, run the chain, resolve lang keys: the survivors as ``(stream ID, entry, JSON
-        to pass on)`` and the dead letters to write; the rest were dropped. Acknowledging the
-        batch is the caller's (a direct stage acknowledges survivors once its sink has them)."""
+        to pass on)``, the IDs of the rest (dropped or dead-lettered), and the dead letters to
+        write. Acknowledging the batch is the caller's (a direct stage acknowledges survivors
+        once its sink has them)."""
         letters: list[tuple[str, dict[FieldT, EncodableT]]] = []
         ids: list[bytes] = []
         entries: list[Entry] = []
         payloads: list[bytes] = []
         rejected: list[str] = []
         decoded, malformed = decode_batch(messages, self.max_entry_bytes)
+        settled = []  # not kept
         for message_id, fields, error in malformed:
             letter = self._letter(original_json(fields), error, "", "ingest", stream, message_id)
             letters.append((self.keys.dlq("ingest"), letter))
             rejected.append(error)
+            settled.append(message_id)
         for message_id, entry, payload in decoded:
             ids.append(message_id)
             entries.append(entry)
@@ -102,11 +105,12 @@ class FilterStage:
         keep = self._run_chain(stream, ids, entries, payloads, letters, recorder)
         if self.resolver is not None:
             self.resolver.resolve(entries, payloads, keep)
-        kept = [
-            (message_id, entry, payload)
-            for message_id, entry, payload, passed in zip(ids, entries, payloads, keep, strict=True)
-            if passed
-        ]
+        kept = []
+        for message_id, entry, payload, passed in zip(ids, entries, payloads, keep, strict=True):
+            if passed:
+                kept.append((message_id, entry, payload))
+            else:
+                settled.append(message_id)
         if recorder is not None:
             self.outbox.append(recorder.command(self.keys))
         ENTRIES_IN.labels(self.name).inc(len(messages))
@@ -114,7 +118,7 @@ class FilterStage:
         BATCH_SIZE.labels(self.name).observe(len(messages))
         if rejected:
             self._report_malformed(rejected)
-        return kept, letters
+        return kept, settled, letters
 
     def _report_malformed(self, reasons: list[str]) -> None:
         DEAD_LETTERS.labels("ingest", "").inc(len(reasons))
