@@ -123,10 +123,10 @@ class SinkStage:
         """Buffer entries read from ``stream`` as ``(stream ID, entry, its JSON)``; flush when a
         batch is full. Each is acknowledged on ``stream`` once delivered or dead-lettered."""
         prefix = self.id_prefixes[stream]
-        buffer = self.buffer
-        for message_id, entry, payload in decoded:
-            with_stream_id(entry, message_id, prefix)
-            buffer.append(Buffered(stream, message_id, entry, payload))
+        self.buffer += [
+            Buffered(stream, message_id, with_stream_id(entry, message_id, prefix), payload)
+            for message_id, entry, payload in decoded
+        ]
         if self.buffer and self.deadline is None:
             self.deadline = time.monotonic() + self.interval_s
         while len(self.buffer) >= self.batch_size:
