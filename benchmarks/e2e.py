@@ -27,6 +27,7 @@ from typing import Any
 import redis
 
 from benchmarks.figures import (
+    NO_ROTATION,
     Bench,
     BenchmarkError,
     RespConnection,
@@ -159,7 +160,7 @@ def logloom_config(url: str, workdir: Path, output: Path) -> dict[str, Any]:
         "redis": {"url": url, "embedded": "never", "data_dir": str(workdir / "data")},
         "plugins": {
             "enabled": ["log_filter_severity", SINK],
-            "config": {SINK: {"path": str(output)}},
+            "config": {SINK: {"path": str(output), "max_bytes": NO_ROTATION}},
         },
         "sink": {"flush_interval_ms": SINK_FLUSH_INTERVAL_MS},
     }

@@ -404,6 +404,11 @@ def raw_sink_loop(bench: Bench, workload: Workload) -> float:
     return elapsed
 
 
+NO_ROTATION = 1 << 50
+"""``sink_jsonl``'s ``max_bytes`` for every figure: the output is checked as one file, and a
+million entries pass its default 100 MiB."""
+
+
 def jsonl_stage_config(path: Path, *filters: str) -> Config:
     """The sink figures' config: ``filters``, then ``sink_jsonl`` writing ``path``, batches of
     500 flushed at least every 50 ms."""
@@ -411,7 +416,7 @@ def jsonl_stage_config(path: Path, *filters: str) -> Config:
         {
             "plugins": {
                 "enabled": [*filters, "sink_jsonl"],
-                "config": {"sink_jsonl": {"path": str(path)}},
+                "config": {"sink_jsonl": {"path": str(path), "max_bytes": NO_ROTATION}},
             },
             "sink": {"batch_size": 500, "flush_interval_ms": 50},
             "stages": {"block_ms": 10},
