@@ -12,6 +12,7 @@ through its consumer group. The threads take turns calling a plugin (:class:`Gua
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -89,6 +90,17 @@ def owned_partitions(config: Config, chosen: Sequence[int] | None) -> list[Keys]
     return [parts[index] for index in dict.fromkeys(chosen)]
 
 
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a stage loop: from here on, a worker
+    allocates a few container objects per entry (a dict, its Entry, tuples) and almost none
+    form cycles. CPython's defaults collect the young generation every 700 allocations, about
+    every hundred entries, and now and then walk every object the worker loaded at startup.
+    Those are frozen (never walked again) and the young generation collected every 20,000
+    allocations: 3.9 → 3.3 µs of CPU an entry in a direct worker (README "Performance")."""
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
+
+
 def run_worker(
     config: Config,
     stage: str,
@@ -126,6 +138,7 @@ def run_worker(
         tap=tap,
     )
     control.start(stop)
+    _tune_gc()
     try:
         if stage == "filter":
             filters = [plugin for plugin in plugins if plugin.info.type == "filter"]
