@@ -381,6 +381,40 @@ def test_a_service_plugin_filters_like_the_python_plugin(tmp_path: Path, start: 
         stop(service)
 
 
+SERVICE_SESSION = """
+import sys
+if sys.argv[1] == "stdlib":
+    sys.modules["orjson"] = None  # as where it is not installed: the import fails
+sys.path.insert(0, sys.argv[2])
+import severity_service
+session = severity_service.Session()
+for line in sys.stdin.buffer:
+    sys.stdout.buffer.write(session.handle_line(line))
+"""
+
+
+@pytest.mark.parametrize("json_library", ["stdlib", "orjson"])
+def test_the_python_service_answers_alike_with_or_without_orjson(json_library: str) -> None:
+    requests = [
+        b'{"jsonrpc":"2.0","id":1,"method":"process_batch","params":{"entries":'
+        b'[{"level":"DEBUG","message":"\xc3\xa9"},{"level":"ERROR"},7]}}',
+        b'{"jsonrpc":"2.0","id":2,"method":"process","params":{"entry":{"level":NaN}}}',
+        b"\xff\xfe not json",
+    ]
+    answered = subprocess.run(
+        [sys.executable, "-c", SERVICE_SESSION, json_library, str(ROOT / "plugins" / "services")],
+        input=b"\n".join(requests) + b"\n",
+        capture_output=True,
+        check=True,
+    ).stdout.splitlines()
+    answers = [orjson.loads(line) for line in answered]
+    assert answers[0]["result"] == {
+        "status": 0, "results": [False, True, None], "errors": {"2": "entry is not an object"}
+    }  # fmt: skip
+    assert answers[1]["error"]["code"] == -32700, "NaN is not JSON"
+    assert answers[2]["error"]["code"] == -32700 and answers[2]["id"] is None
+
+
 def test_a_service_that_dies_mid_batch_and_comes_back(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
