@@ -213,6 +213,7 @@ class Config:
     stages: StagesConfig = field(default_factory=StagesConfig)
     filter: WorkersConfig = field(default_factory=WorkersConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
+    direct: WorkersConfig = field(default_factory=lambda: WorkersConfig(workers=0))
     ai: AiConfig = field(default_factory=AiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)

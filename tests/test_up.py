@@ -150,3 +150,80 @@ def test_up_runs_the_pipeline_on_an_embedded_redis(tmp_path: Path) -> None:
     assert not url_file.exists()
     with pytest.raises(redis.ConnectionError), redis.Redis.from_url(url) as gone:
         gone.ping()
+
+
+def up_with_direct_workers(
+    tmp_path: Path, redis_url: str, sinks: list[str]
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`logloom up` on the test's Redis with ``direct.workers: 2``; its process, config, log."""
+    out = tmp_path / "out.jsonl"
+    config = tmp_path / "logloom.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "redis": {"url": redis_url, "embedded": "never", "data_dir": str(tmp_path / "d")},
+                "stages": {"block_ms": 100},
+                "sink": {"flush_interval_ms": 100},
+                "direct": {"workers": 2},
+                "metrics": {"port": free_port()},
+                "dashboard": {"port": free_port()},
+                "plugins": {
+                    "enabled": ["log_filter_severity", *sinks],
+                    "config": {
+                        "sink_jsonl": {"path": str(out)},
+                        "sink_redis_stream": {"url": redis_url, "stream": "copy"},
+                    },
+                },
+            }
+        )
+    )
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log:
+        up = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "--config", str(config), "up"],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return up, config, log_path
+
+
+def test_up_runs_direct_workers_instead_of_filter_and_sink_workers(
+    tmp_path: Path, redis_url: str
+) -> None:
+    up, config, log_path = up_with_direct_workers(tmp_path, redis_url, ["sink_jsonl"])
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: "Logloom is up." in log_path.read_text(), 30, "the banner")
+        assert "Workers  direct-1, direct-2\n" in log_path.read_text()
+        produce(config, tmp_path, 0, 600)
+        wanted = {n for n in range(600) if n % 3}
+        wait_for(lambda: set(delivered(tmp_path / "out.jsonl")) >= wanted, 60, "delivery")
+        assert set(delivered(tmp_path / "out.jsonl")) == wanted, "DEBUG dropped, nothing twice"
+        assert max(delivered(tmp_path / "out.jsonl").values()) == 1
+        groups = [group["name"] for group in client.xinfo_groups("logloom:ingest")]
+        assert groups == [b"direct:sink_jsonl"], "no filter stage, no filtered stream"
+        assert not client.exists("logloom:filtered")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        code = up.wait(timeout=30)
+        client.close()
+    assert code == 0
+
+
+def test_up_stops_when_a_direct_worker_refuses_its_configuration(
+    tmp_path: Path, redis_url: str
+) -> None:
+    up, _, log_path = up_with_direct_workers(
+        tmp_path, redis_url, ["sink_jsonl", "sink_redis_stream"]
+    )
+    try:
+        code = up.wait(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    log = log_path.read_text()
+    assert code == 2, log
+    assert "Direct worker: runs exactly one sink (enabled: sink_jsonl, sink_redis_stream)" in log
+    assert "refused to run (exit 2, its reason above); stopping" in log
+    assert "restarting" not in log

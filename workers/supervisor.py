@@ -38,6 +38,9 @@ log = logging.getLogger("logloom.up")
 RESTART_BACKOFF_MAX_S = 30.0
 HEALTHY_AFTER_S = 30.0
 STOP_GRACE_S = 15.0
+EXIT_REFUSED = 2
+"""A worker's exit code for a configuration it cannot run (a bad config, a direct worker
+that is not the ingest stream's only reader): starting it again would not help."""
 
 
 @dataclass
@@ -75,15 +78,23 @@ def choose_redis(config: Config) -> tuple[str, EmbeddedRedis | None]:
 def _children(config: Config, demo: bool) -> list[Child]:
     base = [sys.executable, "-m", "pipeline.cli"]
     config_args = ["--config", config.source] if Path(config.source).is_file() else []
-    children = [
-        Child(f"filter-{n + 1}", [*base, "worker", "--stage", "filter", *config_args])
-        for n in range(config.filter.workers)
-    ]
-    children += [
-        Child(f"sink-{n + 1}", [*base, "worker", "--stage", "sink", *config_args])
-        for n in range(config.sink.workers)
-    ]
-    if config.ai.workers and config.redis.cluster and ai_plugin_names(config):
+    if config.direct.workers:  # the filter chain and the one sink in each (README "Performance")
+        children = [
+            Child(f"direct-{n + 1}", [*base, "worker", "--stage", "direct", *config_args])
+            for n in range(config.direct.workers)
+        ]
+    else:
+        children = [
+            Child(f"filter-{n + 1}", [*base, "worker", "--stage", "filter", *config_args])
+            for n in range(config.filter.workers)
+        ]
+        children += [
+            Child(f"sink-{n + 1}", [*base, "worker", "--stage", "sink", *config_args])
+            for n in range(config.sink.workers)
+        ]
+    if config.direct.workers and ai_plugin_names(config):
+        log.warning("ai plugins not run: with direct workers no entry reaches the filtered stream")
+    elif config.ai.workers and config.redis.cluster and ai_plugin_names(config):
         log.warning("ai plugins not run: the ai stage needs a plain Redis (redis.cluster: true)")
     elif config.ai.workers and ai_plugin_names(config):
         children += [
@@ -110,6 +121,7 @@ class Supervisor:
         self.url = url
         self.children = _children(config, demo)
         self.stop = threading.Event()
+        self.refused: str | None = None  # a worker that refused its configuration
         self.metrics_dir = Path(config.redis.data_dir).resolve() / "metrics"
         # The URL (password, TLS files) reaches the children in their environment, which only
         # this user can read, never on a command line that `ps` shows.
@@ -148,6 +160,15 @@ class Supervisor:
                 if child.process is not None and child.process.poll() is not None:
                     code = child.process.returncode
                     mark_process_dead(child.process.pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+                    if code == EXIT_REFUSED:
+                        log.error(
+                            "Worker %s refused to run (exit %d, its reason above); stopping",
+                            child.name,
+                            code,
+                        )
+                        self.refused = child.name
+                        self.stop.set()
+                        return
                     if now - child.started_at >= HEALTHY_AFTER_S:
                         child.backoff_s = 1.0
                     log.warning(
@@ -205,7 +226,7 @@ def up(config: Config, demo: bool = False) -> int:
         if embedded is not None:
             embedded.stop()
             print(f"Embedded Redis stopped (its data stays in {embedded.data_dir}).", flush=True)
-    return 0
+    return EXIT_REFUSED if supervisor.refused else 0
 
 
 def _banner(
