@@ -244,10 +244,8 @@ class SinkStage:
                 return
             self._touched = now
             held = batch + self.buffer
-            for stream in self.streams:
-                ids = [one.id for one in held if one.stream == stream]
-                if ids:
-                    self.touch(stream, ids)
+            for stream in self.streams:  # each: the loop's read on its way may hold entries of any
+                self.touch(stream, [one.id for one in held if one.stream == stream])
         except redis.RedisError as exc:  # Redis down too: the stage loop deals with that later
             log.debug("Sink '%s': while holding a batch: %s", self.name, exc)
 
