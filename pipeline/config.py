@@ -72,6 +72,11 @@ class WorkersConfig:
 
 
 @dataclass
+class DirectConfig:
+    workers: int = 0  # above 0, `up` runs direct workers instead of filter and sink workers
+
+
+@dataclass
 class RetryConfig:
     max_attempts: int = 5
     backoff_initial_ms: int = 200
@@ -213,7 +218,7 @@ class Config:
     stages: StagesConfig = field(default_factory=StagesConfig)
     filter: WorkersConfig = field(default_factory=WorkersConfig)
     sink: SinkConfig = field(default_factory=SinkConfig)
-    direct: WorkersConfig = field(default_factory=lambda: WorkersConfig(workers=0))
+    direct: DirectConfig = field(default_factory=DirectConfig)
     ai: AiConfig = field(default_factory=AiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)

@@ -23,7 +23,8 @@ from redis.typing import EncodableT, FieldT
 Message = tuple[bytes, dict[bytes, bytes]]
 Command = tuple[Any, ...]  # arguments of one Redis command, to queue with the next read
 LAG_COUNT_LIMIT = 10_000
-# What redis-py's hiredis reader answers while a reply is incomplete (False before redis-py 6).
+# What redis-py's hiredis reader answers while a reply is incomplete (False before redis-py 6;
+# since, False is a RESP3 boolean reply).
 _NOT_ENOUGH_DATA = getattr(hiredis_parser, "NOT_ENOUGH_DATA", False)
 _PUSH = getattr(hiredis, "PushNotification", None)  # RESP3 pushes, told apart (hiredis 3.2+)
 
@@ -201,8 +202,11 @@ def _read_replies(connection: Any, count: int) -> list[Any]:
         reply = reader.gets()
         if type(reply) is bytes:  # first: the cheapest check, and what XADD answers
             replies.append(reply)
-        elif reply is _NOT_ENOUGH_DATA or reply is False:
-            parser.read_from_socket()  # type: ignore[no-untyped-call]
+        elif reply is _NOT_ENOUGH_DATA:
+            try:
+                parser.read_from_socket()  # type: ignore[no-untyped-call]
+            except OSError as exc:  # a reset connection: as redis-py's read_response says it
+                raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
         elif isinstance(reply, redis.ConnectionError):  # e.g. "max number of clients reached"
             raise reply
         elif _PUSH is not None and isinstance(reply, _PUSH):

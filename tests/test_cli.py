@@ -147,3 +147,22 @@ def test_producer_batches_arrive_whole_in_order_and_a_refusal_is_raised(
         Producer(client, KEYS, batch=10).send_many([{"message": "x"}] * 3)
     assert client.get(KEYS.ingest) == b"not a stream"
     assert client.ping(), "the connection after a refusal is a clean one"
+
+
+def test_a_partly_refused_batch_keeps_only_the_refused_entries_for_the_next_flush(
+    client: redis.Redis,
+) -> None:
+    keys = Keys("logloom", 2)  # round robin over two partitions
+    taken, refusing = (part.ingest for part in keys.partitions())
+    last_id = "18446744073709551615-18446744073709551615"  # no ID left for XADD * to take
+    client.xadd(refusing, {"x": "y"}, id=last_id)
+    producer = Producer(client, keys, batch=100)
+    with pytest.raises(redis.ResponseError, match="last possible ID"):
+        producer.send_many({"message": "m", "n": n} for n in range(10))
+    assert client.xlen(taken) == 5 and producer.sent == 5
+    client.delete(refusing)
+    producer.flush()  # the refused five again, the taken five not twice
+    numbers = [
+        orjson.loads(f[b"entry"])["n"] for s in (taken, refusing) for _, f in client.xrange(s)
+    ]
+    assert sorted(numbers) == list(range(10)) and producer.sent == 10

@@ -142,6 +142,12 @@ def test_a_direct_worker_refuses_two_sinks_or_another_reader_of_the_ingest_strea
     assert f"XGROUP DESTROY {KEYS.ingest} filter" in refused.stderr
     assert client.xinfo_groups(KEYS.ingest)[0]["name"] == b"filter", "nothing created"
     assert len(client.xinfo_groups(KEYS.ingest)) == 1
+    # A sink that fails to load may be waiting for its destination: exit 1, started again.
+    broken = {"enabled": ["log_filter_severity", "sink_jsonl"],
+              "config": {"sink_jsonl": {"path": str(out), "no_such_setting": 1}}}  # fmt: skip
+    failed = direct_worker(write_config(plugins=broken))
+    assert failed.returncode == 1, failed.stderr
+    assert "Direct worker: no sink loaded (Failed to load plugin 'sink_jsonl" in failed.stderr
 
 
 def test_lang_keys_are_resolved_before_the_sink_gets_the_entry(

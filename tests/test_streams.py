@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 from pathlib import Path
@@ -95,6 +97,32 @@ def test_exchange_answers_each_command_in_order_with_refusals_in_place(
         assert streams.exchange(client, [("PING",), ("GET", "plain")]) == [b"PONG", b"changed"]
     client.close()
     other.close()
+
+
+def test_exchange_turns_a_reset_connection_into_redis_connection_error() -> None:
+    """A connection reset mid-exchange (a failover, a proxy) is the ConnectionError the stage
+    loop waits out, not an OSError that would stop the worker."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def reset_after_the_request() -> None:
+        conn, _ = server.accept()
+        received = b""
+        while b"PING" not in received:  # what redis-py says on connecting is answered first
+            data = conn.recv(65536)
+            received += data
+            conn.sendall(b"+OK\r\n" * data.count(b"SETINFO"))
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # with linger 0: a reset, not an orderly close
+
+    threading.Thread(target=reset_after_the_request, daemon=True).start()
+    client = redis.Redis(port=port, protocol=2)
+    try:
+        with pytest.raises(redis.ConnectionError, match="reset"):
+            streams.exchange(client, [("PING",)])
+    finally:
+        client.close()
+        server.close()
 
 
 def test_trimming_keeps_what_any_group_still_needs(client: redis.Redis) -> None:

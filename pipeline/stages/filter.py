@@ -40,7 +40,7 @@ MALFORMED_LOG_INTERVAL_S = 10.0
 class FilterStage:
     name = "filter"
     group = FILTER_GROUP
-    overlaps_reads = True  # never paused, nothing held between batches
+    overlaps_reads = True  # as every stage but the ai stage (runner.StageLoop)
 
     def __init__(
         self,

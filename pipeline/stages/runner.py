@@ -106,12 +106,13 @@ class StageLoop:
     which waits for RQ), the round trip also overlaps the work: the loop sends the last batch's
     writes and the next read, handles the batch in hand while Redis runs them, then takes the
     reply as its next batch in hand. Python and Redis work side by side, on two cores, instead
-    of taking turns; one batch more is pending (besides what a sink buffers) as its entries
-    await acknowledgement. A read blocks only when nothing is in hand, and it travels behind
-    the writes, so writes never wait for it; at low load an entry costs one more
-    (non-blocking) round trip than it would without the overlap. A stage that pauses gives
-    back the batch in hand (:meth:`_give_back`); one that holds entries through an outage keeps
-    those of the read on its way claimed too (:meth:`_claim_again`).
+    of taking turns; up to two batches more are pending (the one in hand and the one on its
+    way, besides what a sink buffers) as their entries await acknowledgement. A read blocks
+    only when nothing is in hand, and it travels behind the writes, so writes never wait for
+    it; at low load an entry costs one more (non-blocking) round trip than it would without
+    the overlap. A stage that pauses gives back the batch in hand (:meth:`_give_back`); one
+    that holds entries through an outage keeps those of the read on its way claimed too
+    (:meth:`_claim_again`).
 
     If Redis fails mid-batch, the stage is reset and the loop re-reads this consumer's own
     pending entries (XREADGROUP from ``0``) before new ones: writes that went through acked
@@ -142,8 +143,9 @@ class StageLoop:
             stage.send_outbox = self._send_outbox
 
     def _claim_again(self, stream: str, ids: list[bytes]) -> None:
-        """XCLAIM ``ids`` for this consumer again, JUSTID: their idle time starts over and
-        their delivery count stays, so a peer's reclaim leaves entries we still hold alone.
+        """XCLAIM what this consumer holds of ``stream`` again, JUSTID: the idle time starts
+        over and the delivery count stays, so a peer's reclaim leaves entries we still hold
+        alone. Without overlapping reads, that is ``ids``.
 
         With reads overlapping, a stage that holds entries (in :meth:`Stage.handle`) may have
         a read on its way whose entries it does not know yet, though Redis counts them as
@@ -209,10 +211,9 @@ class StageLoop:
     def _lost_batch(self) -> None:
         """Forget what is in hand and queued after a Redis error: it was not acknowledged, so
         re-reading this consumer's pending entries brings it back."""
-        self._in_hand = []
         self.stage.outbox.clear()
         self.stage.reset()
-        self._own_cursor = dict.fromkeys(self.stage.streams, "0")
+        self._read_own_again()
 
     def _give_back(self) -> None:
         """A paused stage takes no entries, so the batch in hand is left pending, to read
@@ -220,8 +221,12 @@ class StageLoop:
         meanwhile. A stage pauses with nothing buffered, so the re-read brings back only
         what was in hand."""
         if self._in_hand:
-            self._in_hand = []
-            self._own_cursor = dict.fromkeys(self.stage.streams, "0")
+            self._read_own_again()
+
+    def _read_own_again(self) -> None:
+        """Drop the batch in hand; the next reads are of this consumer's pending entries."""
+        self._in_hand = []
+        self._own_cursor = dict.fromkeys(self.stage.streams, "0")
 
     def _pipeline_with_outbox(self) -> redis.client.Pipeline:
         """A pipeline holding the stage's queued writes, which leave the outbox."""
