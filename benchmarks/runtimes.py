@@ -38,6 +38,7 @@ from benchmarks.figures import (
     load_stream,
     raw_filter_loop,
     redis_server,
+    run_and_report,
     stop_process,
     time_stage,
 )
@@ -155,6 +156,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.runtimes", description=__doc__)
     parser.add_argument("--entries", type=int, default=100_000, help="entries per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per runtime")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rates here")
     args = parser.parse_args(argv)
     if args.entries < 1 or args.repeats < 1:
         parser.error("--entries and --repeats must be at least 1")
@@ -371,14 +373,7 @@ def print_table(rates: dict[str, list[float]]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    try:
-        rates = run(args)
-    except BenchmarkError as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    print_table(rates)
-    return 0
+    return run_and_report(parse_args(argv), run, print_table)
 
 
 if __name__ == "__main__":
